@@ -1,0 +1,1 @@
+"""lsdflow domain code: importable without Prefect or MLflow."""

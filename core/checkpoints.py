@@ -1,0 +1,110 @@
+"""Checkpoints: gunpowder's training checkpoints and lsdflow's portable model files.
+
+gunpowder.torch.Train writes `<dir>/model_checkpoint_<iteration>` (model + optimizer
+state) and resumes from the newest one. For prediction and the registry we export a
+*model file*: the state dict plus the resolved config, loadable with
+`torch.load(weights_only=True)` (no pickled code).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import LsdflowConfig, ModelConfig
+from .models import build_model
+
+CHECKPOINT_BASENAME = "model"
+_CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_BASENAME}_checkpoint_(\d+)$")
+
+
+def checkpoint_path(directory: str | os.PathLike, iteration: int) -> Path:
+    return Path(directory) / f"{CHECKPOINT_BASENAME}_checkpoint_{iteration}"
+
+
+def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = _CHECKPOINT_RE.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> tuple[int, Path] | None:
+    checkpoints = list_checkpoints(directory)
+    return checkpoints[-1] if checkpoints else None
+
+
+def save_training_checkpoint(
+    directory: str | os.PathLike, iteration: int, model: torch.nn.Module, optimizer
+) -> Path:
+    """Same format as gunpowder.torch.Train, so that Train resumes from it."""
+    path = checkpoint_path(directory, iteration)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
+        tmp,
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def export_model(
+    checkpoint: str | os.PathLike, config: LsdflowConfig, out: str | os.PathLike, iteration: int
+) -> Path:
+    """Write a portable model file: weights (float32, CPU) + resolved config, no optimizer."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": "lsdflow-model/1",
+        "model_state_dict": state["model_state_dict"],
+        "config": config.model_dump(mode="json"),
+        "iteration": iteration,
+        "config_fingerprint": config.fingerprint(),
+    }
+    tmp = out.with_name(out.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, out)
+    return out
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load an exported model file or a gunpowder checkpoint next to its config.
+
+    Returns the model in eval mode on `device` and the file's metadata (config dict,
+    iteration). Only tensors and plain data are unpickled (`weights_only=True`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file or checkpoint")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if "config" in payload:
+        model_config = ModelConfig.model_validate(payload["config"]["model"])
+        meta = {k: v for k, v in payload.items() if k != "model_state_dict"}
+    else:
+        config_file = path.parent / "config.json"
+        if not config_file.is_file():
+            raise ValueError(
+                f"{path}: a training checkpoint without {config_file.name} beside it; "
+                f"cannot tell which network it belongs to"
+            )
+        config = LsdflowConfig.model_validate_json(config_file.read_text())
+        model_config = config.model
+        match = _CHECKPOINT_RE.match(path.name)
+        meta = {
+            "config": config.model_dump(mode="json"),
+            "iteration": int(match.group(1)) if match else None,
+        }
+    model = build_model(model_config)
+    model.load_state_dict(payload["model_state_dict"])
+    return model.to(device).eval(), meta

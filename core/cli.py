@@ -1,0 +1,165 @@
+"""The `lsdflow` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config, shipped_configs
+from .volumes import VolumeError
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="config name (e.g. gala) or path to a TOML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config value (TOML syntax), e.g. --set training.iterations=100",
+    )
+    parser.add_argument("--workspace", help="where checkpoints and outputs go (default ./workspace/<name>)")
+
+
+def _config(args):
+    return load_config(args.config, args.overrides, args.workspace)
+
+
+def cmd_config_show(args) -> int:
+    config = _config(args)
+    if args.json:
+        print(json.dumps({"config": config.model_dump(mode="json"), "derived": config.derived()}, indent=2))
+        return 0
+    print(f"# {config.name}: {config.description}")
+    print(f"# source: {config.source}")
+    print(f"# fingerprint: {config.fingerprint()}")
+    for section in ("data", "model", "training", "prediction", "segmentation"):
+        print(f"\n[{section}]")
+        values = getattr(config, section).model_dump(mode="json")
+        if section == "training":
+            values["augment"] = config.augment.model_dump(mode="json")
+        for key, value in values.items():
+            print(f"{key} = {json.dumps(value)}")
+    from .models import build_model, count_parameters
+
+    d = config.derived()
+    params = count_parameters(build_model(config.model))
+    print("\n# derived from the network")
+    print(f"voxel size (nm)        {d['voxel_size_nm']}   anisotropic: {d['anisotropic']}")
+    print(f"input  (voxels | nm)   {d['input_shape_voxels']} | {d['input_size_nm']}")
+    print(f"output (voxels | nm)   {d['output_shape_voxels']} | {d['output_size_nm']}")
+    print(f"context (voxels | nm)  {d['context_voxels']} | {d['context_nm']}  (per side)")
+    print(f"LSD sigma (voxels)     {tuple(round(s, 2) for s in d['lsd_sigma_voxels'])}")
+    print(f"parameters             {params:,} ({params * 4 / 2**20:.1f} MiB float32)")
+    return 0
+
+
+def cmd_config_list(args) -> int:
+    for name in shipped_configs():
+        config = load_config(name)
+        print(f"{name:12s} {config.data.voxel_size} nm  {config.description}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert
+
+    out = convert(
+        args.source,
+        args.output,
+        labels=args.labels,
+        voxel_size=args.voxel_size,
+        offset=args.offset,
+        chunk_shape=tuple(args.chunk_shape),
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    from .volumes import list_datasets, open_array
+
+    print(f"wrote {out}")
+    for name in list_datasets(out):
+        a = open_array(out, name)
+        print(f"  {name:32s} {a.dtype!s:8s} shape {tuple(a.shape)} voxel size {tuple(a.voxel_size)} nm offset {tuple(a.offset)} nm")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .checkpoints import export_model
+    from .train import train
+
+    config = _config(args)
+    print(f"training {config.name} ({config.model.kind}) in {config.resolved_workspace}")
+    result = train(config, iterations=args.iterations, device=args.device, progress=not args.quiet)
+    print(
+        f"iteration {result.iteration}: checkpoint {result.checkpoint} "
+        f"({result.iterations_per_second:.2f} it/s on {result.device})"
+    )
+    if args.export:
+        out = export_model(result.checkpoint, config, args.export, result.iteration)
+        print(f"exported model to {out}")
+    from .plots import plot_training_log
+
+    png = plot_training_log(config.resolved_workspace / "training_log.csv")
+    if png:
+        print(f"loss curve: {png}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lsdflow", description="Neuron segmentation of EM volumes with Local Shape Descriptors"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="inspect dataset configs")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print a resolved config with derived shapes")
+    _add_config_args(show)
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.set_defaults(func=cmd_config_show)
+    listing = config_sub.add_parser("list", help="list shipped configs")
+    listing.set_defaults(func=cmd_config_list)
+
+    convert = sub.add_parser(
+        "convert", help="convert HDF5 (CREMI layout), TIFF or N5/Zarr into lsdflow's Zarr layout"
+    )
+    convert.add_argument("source", type=Path, help=".h5/.hdf5, .zarr, .n5, .tif stack or directory of .tif sections")
+    convert.add_argument("output", type=Path, help="output .zarr container")
+    convert.add_argument("--labels", type=Path, help="neuron labels in a separate file (TIFF or HDF5/Zarr)")
+    convert.add_argument("--voxel-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="nm; required for TIFF")
+    convert.add_argument("--offset", type=int, nargs=3, metavar=("Z", "Y", "X"), help="nm; default from the file or 0")
+    convert.add_argument("--chunk-shape", type=int, nargs=3, default=(64, 64, 64), metavar=("Z", "Y", "X"))
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    convert.set_defaults(func=cmd_convert)
+
+    train = sub.add_parser("train", help="train a model with gunpowder (resumes from the newest checkpoint)")
+    _add_config_args(train)
+    train.add_argument("--iterations", type=int, help="total iterations (default from config)")
+    train.add_argument("--device", help="torch device (default cuda when available, else cpu)")
+    train.add_argument("--export", type=Path, help="also write a portable model file here")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (ConfigError, VolumeError, FileNotFoundError) as e:
+        print(f"lsdflow: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

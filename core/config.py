@@ -1,0 +1,378 @@
+"""Dataset configs: pydantic models for data, model, training, prediction and segmentation.
+
+One TOML file per dataset (see `configs/`). Shapes are given once, in voxels for the
+network input, and everything else (output shape, context, sizes in nm) is derived from
+the network's own shape arithmetic. Relative paths in a config file are relative to the
+file's directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .unet import UnetGeometry, make_geometry
+
+Vec3 = tuple[int, int, int]
+AXES = ("z", "y", "x")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names file, field, value and what fits."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _positive(name: str, value: tuple[int, ...]) -> tuple[int, ...]:
+    if any(v <= 0 for v in value):
+        raise ValueError(f"{name} must be positive in every axis, got {tuple(value)}")
+    return value
+
+
+class DataConfig(_Strict):
+    """Where the Zarr volumes are and how their datasets are named (CREMI layout)."""
+
+    voxel_size: Vec3 = Field(description="voxel size in nm (z, y, x) the data must have")
+    train: list[Path] = Field(default_factory=list)
+    validation: list[Path] = Field(default_factory=list)
+    test: list[Path] = Field(default_factory=list)
+    raw_dataset: str = "volumes/raw"
+    labels_dataset: str = "volumes/labels/neuron_ids"
+    labels_mask_dataset: str = "volumes/labels/labels_mask"
+    mito_dataset: str = "volumes/labels/mito_ids"
+
+    @field_validator("voxel_size")
+    @classmethod
+    def _check_voxel_size(cls, v: Vec3) -> Vec3:
+        return _positive("voxel_size", v)
+
+    @property
+    def anisotropy(self) -> float:
+        return max(self.voxel_size) / min(self.voxel_size)
+
+    @property
+    def is_anisotropic(self) -> bool:
+        """Anisotropic data (e.g. serial-section TEM) gets section-wise augmentation."""
+        return self.anisotropy >= 1.5
+
+
+class ModelConfig(_Strict):
+    """The U-Net and its heads. `input_shape` is in voxels; the output shape is derived."""
+
+    kind: Literal["mtlsd", "lsd", "aff", "mtlsd_mito"] = "mtlsd"
+    num_fmaps: int = Field(12, gt=0)
+    fmap_inc_factor: int = Field(5, gt=0)
+    downsample_factors: list[Vec3] = [(2, 2, 2), (2, 2, 2), (3, 3, 3)]
+    kernel_size_down: list[list[Vec3]] | None = None
+    kernel_size_up: list[list[Vec3]] | None = None
+    constant_upsample: bool = True
+    input_shape: Vec3
+    affinity_neighborhood: list[Vec3] = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
+
+    @field_validator("input_shape")
+    @classmethod
+    def _check_input_shape(cls, input_shape: Vec3, info: ValidationInfo) -> Vec3:
+        """The input must survive every valid convolution and divide at every downsampling."""
+        _positive("input_shape", input_shape)
+        if "downsample_factors" not in info.data:
+            return input_shape  # that field's own error is reported
+        geometry = make_geometry(
+            info.data["downsample_factors"],
+            info.data.get("kernel_size_down"),
+            info.data.get("kernel_size_up"),
+        )
+        problems = []
+        for axis, size in enumerate(input_shape):
+            _, reason = geometry.axis_output_size(axis, size)
+            if reason is not None:
+                nearest = geometry.nearest_valid_sizes(axis, size)
+                problems.append(
+                    f"{AXES[axis]}={size} does not fit the downsampling ({reason}); "
+                    f"nearest valid {AXES[axis]} sizes: {nearest}"
+                )
+        if problems:
+            raise ValueError(f"{tuple(input_shape)} is invalid: " + "; ".join(problems))
+        return input_shape
+
+    @field_validator("kernel_size_up")
+    @classmethod
+    def _check_kernel_levels(cls, up, info: ValidationInfo):
+        if "downsample_factors" in info.data:
+            make_geometry(info.data["downsample_factors"], info.data.get("kernel_size_down"), up)
+        return up
+
+    @property
+    def geometry(self) -> UnetGeometry:
+        return make_geometry(self.downsample_factors, self.kernel_size_down, self.kernel_size_up)
+
+    @property
+    def output_shape(self) -> Vec3:
+        return self.geometry.output_shape(self.input_shape)  # type: ignore[return-value]
+
+    @property
+    def context(self) -> Vec3:
+        """Voxels of input on each side of the output (input = output + 2 * context)."""
+        return tuple((i - o) // 2 for i, o in zip(self.input_shape, self.output_shape))  # type: ignore[return-value]
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return {
+            "mtlsd": ("lsds", "affs"),
+            "lsd": ("lsds",),
+            "aff": ("affs",),
+            "mtlsd_mito": ("lsds", "affs", "mito_affs"),
+        }[self.kind]
+
+
+class AugmentConfig(_Strict):
+    """Augmentations in nm; unset values are derived from the voxel size (see `resolved`)."""
+
+    elastic: bool = True
+    control_point_spacing_nm: Vec3 | None = None
+    jitter_sigma_nm: tuple[float, float, float] | None = None
+    rotate_in_plane_only: bool | None = None
+    prob_slip: float | None = None
+    prob_shift: float | None = None
+    max_misalign_nm: int | None = None
+    subsample: int = 8
+    transpose_axes: list[int] | None = None
+    intensity_scale: tuple[float, float] = (0.9, 1.1)
+    intensity_shift: tuple[float, float] = (-0.1, 0.1)
+
+    def resolved(self, data: DataConfig) -> AugmentConfig:
+        """Fill in resolution-aware defaults: anisotropic data is deformed and transposed
+        only within sections and gets section slips/shifts (as in the LSD paper's CREMI
+        setup); isotropic data is deformed and transposed in 3D."""
+        vs = data.voxel_size
+        fine = min(vs)
+        aniso = data.is_anisotropic
+        updates: dict[str, Any] = {}
+        if self.control_point_spacing_nm is None:
+            updates["control_point_spacing_nm"] = (
+                (vs[0] * 4, fine * 40, fine * 40) if aniso else (fine * 40,) * 3
+            )
+        if self.jitter_sigma_nm is None:
+            updates["jitter_sigma_nm"] = (0.0, fine * 2.0, fine * 2.0) if aniso else (fine * 2.0,) * 3
+        if self.rotate_in_plane_only is None:
+            updates["rotate_in_plane_only"] = aniso
+        if self.prob_slip is None:
+            updates["prob_slip"] = 0.05 if aniso else 0.0
+        if self.prob_shift is None:
+            updates["prob_shift"] = 0.05 if aniso else 0.0
+        if self.max_misalign_nm is None:
+            updates["max_misalign_nm"] = fine * 10 if aniso else 0
+        if self.transpose_axes is None:
+            updates["transpose_axes"] = [1, 2] if aniso else [0, 1, 2]
+        return self.model_copy(update=updates)
+
+
+class TrainingConfig(_Strict):
+    iterations: int = Field(100000, gt=0)
+    batch_size: int = Field(1, gt=0)
+    learning_rate: float = Field(0.5e-4, gt=0)
+    save_every: int = Field(1000, gt=0)
+    log_every: int = Field(10, gt=0)
+    lsd_sigma_nm: float = Field(80.0, gt=0)
+    lsd_downsample: int = Field(2, gt=0)
+    loss_weights: dict[str, float] = {"lsds": 1.0, "affs": 1.0, "mito_affs": 1.0}
+    min_masked: float = Field(0.5, ge=0, le=1)
+    grow_boundary_steps: int = Field(1, ge=0)
+    balance_affinities: bool = True
+    precache_size: int = Field(8, gt=0)
+    precache_workers: int = Field(2, gt=0)
+    seed: int | None = 42
+    augment: AugmentConfig = AugmentConfig()
+
+
+class PredictionConfig(_Strict):
+    checkpoint: Path | None = Field(None, description="pretrained weights for this dataset")
+    output_dtype: Literal["uint8", "float32"] = "uint8"
+    batch_size: int = Field(1, gt=0)
+
+
+class SegmentationConfig(_Strict):
+    thresholds: list[float] = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
+    merge_function: str = "hist_quant_50"
+    fragments_in_xy: bool | None = None
+    min_seed_distance: int = 10
+    epsilon_agglomerate: float = 0.0
+
+
+class LsdflowConfig(_Strict):
+    name: str
+    description: str = ""
+    source: Path | None = Field(None, description="the file this config was read from")
+    workspace: Path | None = Field(None, description="where checkpoints and outputs go")
+    data: DataConfig
+    model: ModelConfig
+    training: TrainingConfig = TrainingConfig()
+    prediction: PredictionConfig = PredictionConfig()
+    segmentation: SegmentationConfig = SegmentationConfig()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> LsdflowConfig:
+        names = self.model.outputs
+        missing = [n for n in names if n not in self.training.loss_weights]
+        if missing:
+            raise ValueError(
+                f"training.loss_weights has no weight for {missing} (model.kind = "
+                f"{self.model.kind!r} outputs {list(names)})"
+            )
+        return self
+
+    @property
+    def augment(self) -> AugmentConfig:
+        return self.training.augment.resolved(self.data)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.resolved_workspace / "checkpoints"
+
+    @property
+    def resolved_workspace(self) -> Path:
+        return self.workspace if self.workspace is not None else Path.cwd() / "workspace" / self.name
+
+    def derived(self) -> dict[str, Any]:
+        """Shapes derived from the network, in voxels and nm, for display and checks."""
+        vs = self.data.voxel_size
+        m = self.model
+        nm = lambda shape: tuple(s * v for s, v in zip(shape, vs))  # noqa: E731
+        return {
+            "voxel_size_nm": vs,
+            "anisotropic": self.data.is_anisotropic,
+            "input_shape_voxels": m.input_shape,
+            "output_shape_voxels": m.output_shape,
+            "context_voxels": m.context,
+            "input_size_nm": nm(m.input_shape),
+            "output_size_nm": nm(m.output_shape),
+            "context_nm": nm(m.context),
+            "lsd_sigma_voxels": tuple(self.training.lsd_sigma_nm / v for v in vs),
+        }
+
+    def fingerprint(self) -> str:
+        """Stable hash of everything but where the config came from."""
+        payload = self.model_dump(mode="json", exclude={"source", "workspace", "description"})
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    lines = []
+    for e in error.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(config)"
+        msg = e["msg"].removeprefix("Value error, ")
+        given = e.get("input")
+        given_txt = "" if isinstance(given, dict) else f" (given: {given!r})"
+        lines.append(f"  {field}: {msg}{given_txt}")
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`training.iterations=10` → ("training.iterations", 10); values are TOML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string
+    return key.strip(), value
+
+
+def find_config(name_or_path: str | os.PathLike) -> Path:
+    """A path to a TOML file, or the name of a shipped config (`gala` → configs/gala.toml)."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path.resolve()
+    search = [Path(p) for p in os.environ.get("LSDFLOW_CONFIG_PATH", "").split(os.pathsep) if p]
+    for directory in [*search, CONFIG_DIR]:
+        candidate = directory / f"{name_or_path}.toml"
+        if candidate.is_file():
+            return candidate.resolve()
+    shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+    raise ConfigError(f"no config named {name_or_path!r}; shipped configs: {shipped}")
+
+
+def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
+    data = tree.get("data", {})
+    for key in ("train", "validation", "test"):
+        if key in data:
+            data[key] = [str((base / p).resolve()) for p in data[key]]
+    pred = tree.get("prediction", {})
+    if pred.get("checkpoint"):
+        pred["checkpoint"] = str((base / pred["checkpoint"]).resolve())
+    if tree.get("workspace"):
+        tree["workspace"] = str((base / tree["workspace"]).resolve())
+
+
+def load_config(
+    name_or_path: str | os.PathLike,
+    overrides: list[str] | None = None,
+    workspace: str | os.PathLike | None = None,
+) -> LsdflowConfig:
+    """Read, override (`section.field=value`) and validate a config."""
+    path = find_config(name_or_path)
+    try:
+        tree = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for text in overrides or []:
+        _set_dotted(tree, *parse_override(text))
+    _resolve_paths(tree, path.parent)
+    tree.setdefault("name", path.stem)
+    tree["source"] = str(path)
+    if workspace is not None:
+        tree["workspace"] = str(Path(workspace).resolve())
+    try:
+        return LsdflowConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(str(path), e)) from None
+
+
+def config_from_dict(tree: dict[str, Any], source: str = "<dict>") -> LsdflowConfig:
+    try:
+        return LsdflowConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(source, e)) from None
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def check_voxel_size(config: LsdflowConfig, found: tuple[int, ...], where: str) -> None:
+    """The data's voxel size must equal `data.voxel_size` (no silent resampling)."""
+    if tuple(found) != tuple(config.data.voxel_size):
+        raise ConfigError(
+            f"data.voxel_size = {tuple(config.data.voxel_size)} in {config.source} disagrees "
+            f"with {where}, whose voxel size is {tuple(found)} nm; set data.voxel_size = "
+            f"{list(found)} or use data at {tuple(config.data.voxel_size)} nm"
+        )
+
+

@@ -1,0 +1,83 @@
+"""Run a trained network over a volume held in memory (the small-volume path).
+
+The volume is z-scored like the training data, padded by the network context, cut into
+input tiles whose outputs tile the volume, and run in batches on `cuda` when available.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from .train import default_device
+
+
+def tile_starts(size: int, tile: int) -> list[int]:
+    """Output tile starts covering [0, size): regular steps, the last one flush with the end."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile, tile))
+    starts.append(size - tile)
+    return starts
+
+
+def predict_array(
+    model: torch.nn.Module,
+    raw: np.ndarray,
+    input_shape: tuple[int, int, int],
+    output_shape: tuple[int, int, int],
+    mean: float,
+    std: float,
+    batch_size: int = 1,
+    device: str | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Predict every output of `model` for every voxel of `raw` (already scaled to [0, 1]).
+
+    Returns one float32 array (channels, z, y, x) per model output, covering `raw`."""
+    device = device or default_device()
+    model = model.to(device).eval()
+    input_shape = tuple(input_shape)
+    output_shape = tuple(output_shape)
+    context = tuple((i - o) // 2 for i, o in zip(input_shape, output_shape))
+    shape = raw.shape
+    # a volume smaller than one output tile is predicted in a padded tile and cropped
+    padded_shape = tuple(max(s, o) for s, o in zip(shape, output_shape))
+    normalized = (raw.astype(np.float32) - mean) / std
+    # padding value 0 = the volume's mean intensity, as gunpowder's Pad does in training
+    padded = np.zeros(tuple(p + 2 * c for p, c in zip(padded_shape, context)), dtype=np.float32)
+    padded[tuple(slice(c, c + s) for c, s in zip(context, shape))] = normalized
+
+    starts = list(
+        itertools.product(*(tile_starts(s, o) for s, o in zip(padded_shape, output_shape)))
+    )
+    outputs: list[np.ndarray] | None = None
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(starts), desc="predict", unit="tile")
+    with torch.inference_mode():
+        for b in range(0, len(starts), batch_size):
+            batch_starts = starts[b : b + batch_size]
+            x = np.stack(
+                [padded[tuple(slice(s, s + i) for s, i in zip(start, input_shape))] for start in batch_starts]
+            )[:, None]
+            result = model(torch.from_numpy(x).to(device))
+            if isinstance(result, torch.Tensor):
+                result = (result,)
+            if outputs is None:
+                outputs = [np.zeros((r.shape[1], *padded_shape), dtype=np.float32) for r in result]
+            for out, r in zip(outputs, result):
+                r = r.float().cpu().numpy()
+                for k, start in enumerate(batch_starts):
+                    out[(slice(None),) + tuple(slice(s, s + o) for s, o in zip(start, output_shape))] = r[k]
+            if bar is not None:
+                bar.update(len(batch_starts))
+    if bar is not None:
+        bar.close()
+    assert outputs is not None
+    crop = (slice(None),) + tuple(slice(0, s) for s in shape)
+    return tuple(o[crop] for o in outputs)

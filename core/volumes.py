@@ -1,0 +1,136 @@
+"""Zarr volumes in CREMI layout, with voxel size and offset in nm (funlib.persistence).
+
+Every reader in lsdflow opens arrays through `open_array`, so a missing container, a
+missing dataset or missing metadata is reported the same way everywhere: naming the
+file, the dataset and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import zarr
+from funlib.geometry import Coordinate, Roi
+from funlib.persistence import Array, open_ds, prepare_ds
+
+RAW = "volumes/raw"
+NEURON_IDS = "volumes/labels/neuron_ids"
+LABELS_MASK = "volumes/labels/labels_mask"
+MITO_IDS = "volumes/labels/mito_ids"
+AXIS_NAMES = ["z", "y", "x"]
+UNITS = ["nm", "nm", "nm"]
+
+
+class VolumeError(ValueError):
+    """Bad input volume: the message names the file, the dataset and what was expected."""
+
+
+def dataset_exists(container: str | os.PathLike, dataset: str) -> bool:
+    path = Path(container) / dataset
+    return (path / ".zarray").is_file() or (path / "attributes.json").is_file()
+
+
+def open_array(container: str | os.PathLike, dataset: str, mode: str = "r") -> Array:
+    """Open `container/dataset` with its voxel size and offset, or raise VolumeError."""
+    container = Path(container)
+    if not container.exists():
+        raise VolumeError(f"{container}: no such Zarr container")
+    if not dataset_exists(container, dataset):
+        raise VolumeError(
+            f"{container}: dataset {dataset!r} not found (expected a Zarr array there; "
+            f"present: {list_datasets(container)})"
+        )
+    attrs = zarr.open(str(container / dataset), mode="r").attrs
+    if "voxel_size" not in attrs:
+        raise VolumeError(
+            f"{container}/{dataset}: no 'voxel_size' attribute (nm); convert the volume "
+            f"with `lsdflow convert` or add voxel_size and offset attributes"
+        )
+    return open_ds(str(container / dataset), mode=mode)
+
+
+def list_datasets(container: str | os.PathLike) -> list[str]:
+    """Names of all arrays below a Zarr container."""
+    root = Path(container)
+    if not root.exists():
+        return []
+    return sorted(
+        str(p.parent.relative_to(root)) for p in root.rglob(".zarray")
+    )
+
+
+def create_array(
+    container: str | os.PathLike,
+    dataset: str,
+    roi: Roi,
+    voxel_size: Coordinate,
+    dtype,
+    num_channels: int | None = None,
+    chunk_shape: tuple[int, ...] | None = None,
+    attrs: dict | None = None,
+    mode: str = "w",
+    **zarr_kwargs,
+) -> Array:
+    """Create a dataset covering `roi` (nm), optionally with a leading channel axis."""
+    voxel_size = Coordinate(voxel_size)
+    shape = tuple(roi.shape / voxel_size)
+    axis_names = list(AXIS_NAMES)
+    if num_channels is not None:
+        shape = (num_channels, *shape)
+        axis_names = ["c^", *axis_names]
+        if chunk_shape is not None and len(chunk_shape) == 3:
+            chunk_shape = (num_channels, *chunk_shape)
+    array = prepare_ds(
+        str(Path(container) / dataset),
+        shape=shape,
+        offset=roi.offset,
+        voxel_size=voxel_size,
+        axis_names=axis_names,
+        units=list(UNITS),
+        chunk_shape=chunk_shape,
+        dtype=dtype,
+        mode=mode,
+        custom_metadata=attrs,
+        **zarr_kwargs,
+    )
+    return array
+
+
+def intensity_stats(array: Array, max_chunks: int = 64, seed: int = 0) -> tuple[float, float]:
+    """Mean and standard deviation of raw intensities, scaled to [0, 1] for integer data.
+
+    Estimated from up to `max_chunks` random chunks so it stays cheap on terabyte
+    volumes; used to z-score each volume, because acquisitions differ in contrast."""
+    data = array._source_data
+    shape = np.array(data.shape)
+    chunks = np.array(data.chunks)
+    grid = np.ceil(shape / chunks).astype(int)
+    n_chunks = int(np.prod(grid))
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(n_chunks, size=min(max_chunks, n_chunks), replace=False)
+    total = 0.0
+    total_sq = 0.0
+    count = 0
+    for index in picks:
+        start = np.array(np.unravel_index(index, grid)) * chunks
+        stop = np.minimum(start + chunks, shape)
+        block = np.asarray(data[tuple(slice(a, b) for a, b in zip(start, stop))], dtype=np.float64)
+        total += block.sum()
+        total_sq += np.square(block).sum()
+        count += block.size
+    mean = total / count
+    std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
+    scale = _intensity_scale(data.dtype)
+    return float(mean / scale), max(std / scale, 1e-6)
+
+
+def _intensity_scale(dtype) -> float:
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+
+
+def normalization_factor(dtype) -> float:
+    """The factor gunpowder's Normalize applies: integer data to [0, 1]."""
+    return 1.0 / _intensity_scale(dtype)

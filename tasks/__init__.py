@@ -1,0 +1,1 @@
+"""Thin Prefect tasks, one per core stage (see the Prefect platform issue)."""
