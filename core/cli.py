@@ -109,6 +109,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import format_report, run_demo
+
+    config = load_config("gala", args.overrides, args.workspace)
+    report = run_demo(config, retrain=args.train, iterations=args.iterations, progress=not args.quiet)
+    print(format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsdflow", description="Neuron segmentation of EM volumes with Local Shape Descriptors"
@@ -145,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--export", type=Path, help="also write a portable model file here")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    demo = sub.add_parser("demo", help="the shipped pretrained MTLSD on the real gala test volume")
+    demo.add_argument("--train", action="store_true", help="retrain from scratch first")
+    demo.add_argument("--iterations", type=int, help="iterations when retraining (default from config)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    demo.add_argument("--workspace", help="where outputs go (default ./workspace/gala)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

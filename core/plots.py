@@ -42,3 +42,41 @@ def plot_training_log(log_csv: str | os.PathLike, out: str | os.PathLike | None 
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_affinity_slices(
+    raw: np.ndarray,
+    labels: np.ndarray,
+    predicted_affs: np.ndarray,
+    out: str | os.PathLike,
+    title: str = "",
+    n_slices: int = 3,
+) -> Path:
+    """Rows of z-slices: raw | ground-truth labels | predicted boundaries (1 - mean affinity)."""
+    out = Path(out)
+    zs = np.linspace(raw.shape[0] * 0.2, raw.shape[0] * 0.8, n_slices).astype(int)
+    affs = predicted_affs.astype(np.float32)
+    if affs.max() > 1.0:
+        affs = affs / 255.0
+    boundary = 1.0 - affs.mean(axis=0)
+    rng = np.random.default_rng(0)
+    colors = rng.random((int(labels.max()) + 1, 3))
+    colors[0] = 0
+    fig, axes = plt.subplots(n_slices, 3, figsize=(12, 2.2 * n_slices), squeeze=False)
+    for row, z in enumerate(zs):
+        axes[row, 0].imshow(raw[z], cmap="gray")
+        axes[row, 1].imshow(raw[z], cmap="gray")
+        axes[row, 1].imshow(colors[labels[z].astype(np.int64)], alpha=0.5)
+        axes[row, 2].imshow(boundary[z], cmap="magma", vmin=0, vmax=1)
+        axes[row, 0].set_ylabel(f"z = {z}")
+    for col, name in enumerate(("raw", "ground truth", "predicted boundaries (1 - affinity)")):
+        axes[0, col].set_title(name)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

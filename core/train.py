@@ -108,8 +108,32 @@ class _DenseMask(gp.BatchProvider):
         return batch
 
 
-def _volume_source(config: LsdflowConfig, container: Path, keys: TrainingKeys, label_padding):
+def _check_masked_fraction(config: LsdflowConfig, container: Path, labels_roi, label_request) -> None:
+    """RandomLocation retries forever when no location has enough labelled voxels:
+    refuse volumes that are too small for the request instead of hanging."""
+    extent = labels_roi.shape
+    output_size = Coordinate(config.model.output_shape) * Coordinate(config.data.voxel_size)
+    if any(e < o for e, o in zip(extent, output_size)):
+        raise VolumeError(
+            f"{container}/{config.data.labels_dataset}: labelled extent {tuple(extent)} nm is "
+            f"smaller than one network output {tuple(output_size)} nm; use a smaller "
+            f"model.input_shape or a larger volume"
+        )
+    achievable = float(np.prod([min(1.0, e / r) for e, r in zip(extent, label_request)]))
+    if achievable < config.training.min_masked:
+        raise ConfigError(
+            f"training.min_masked = {config.training.min_masked} cannot be met in {container}: "
+            f"at most {achievable:.2f} of a labels request ({tuple(label_request)} nm: output + "
+            f"LSD context) can lie inside its labelled extent {tuple(extent)} nm; set "
+            f"training.min_masked <= {0.8 * achievable:.2f} or use a larger volume"
+        )
+
+
+def _volume_source(
+    config: LsdflowConfig, container: Path, keys: TrainingKeys, label_padding, label_request
+):
     arrays = _check_training_volume(config, container, needs_mito="mito_affs" in config.model.outputs)
+    _check_masked_fraction(config, container, arrays["labels"].roi, label_request)
     raw = arrays["raw"]
     mean, std = intensity_stats(raw)
     factor = normalization_factor(raw.dtype)
@@ -156,7 +180,10 @@ def build_training_pipeline(
     )
     label_padding = Coordinate(max(a, b) for a, b in zip(network_context, lsd_context))
 
-    sources = tuple(_volume_source(config, Path(p), keys, label_padding) for p in config.data.train)
+    label_request = output_size + lsd_context * 2
+    sources = tuple(
+        _volume_source(config, Path(p), keys, label_padding, label_request) for p in config.data.train
+    )
     pipeline = sources + gp.RandomProvider()
 
     anisotropic = config.data.is_anisotropic

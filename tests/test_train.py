@@ -1,0 +1,148 @@
+"""The gunpowder training pipeline on the real gala volumes: targets, loss, resume."""
+
+from __future__ import annotations
+
+import csv
+
+import gunpowder as gp
+import numpy as np
+import pytest
+import torch
+
+from lsdflow.core.checkpoints import latest_checkpoint, list_checkpoints, load_model
+from lsdflow.core.config import ConfigError, load_config
+from lsdflow.core.convert import convert
+from lsdflow.core.train import TrainingKeys, build_training_pipeline, make_request, train
+from lsdflow.core.volumes import VolumeError
+
+
+def request_one_batch(config, seed=1):
+    keys = TrainingKeys.for_outputs(config.model.outputs)
+    pipeline = build_training_pipeline(config, keys, precache=False)
+    with gp.build(pipeline):
+        batch = pipeline.request_batch(make_request(config, keys, seed))
+    return keys, batch
+
+
+def test_pipeline_builds_lsd_and_affinity_targets(tiny_gala_config):
+    config = tiny_gala_config("training.batch_size=2")
+    keys, batch = request_one_batch(config)
+    out = config.model.output_shape
+    assert batch[keys.raw].data.shape == (2, 1, *config.model.input_shape)
+    assert batch[keys.targets["lsds"]].data.shape == (2, 10, *out)
+    assert batch[keys.weights["lsds"]].data.shape == (2, 10, *out)
+    assert batch[keys.targets["affs"]].data.shape == (2, 3, *out)
+    assert batch[keys.weights["affs"]].data.shape == (2, 3, *out)
+    raw = batch[keys.raw].data
+    assert abs(float(raw.mean())) < 1.5 and 0.3 < float(raw.std()) < 3  # z-scored per volume
+    lsds = batch[keys.targets["lsds"]].data
+    assert 0 <= lsds.min() and lsds.max() <= 1
+    affs = batch[keys.targets["affs"]].data
+    assert set(np.unique(affs)) <= {0.0, 1.0}
+    assert 0 < affs.mean() < 1  # boundaries and objects in every batch of dense neuropil
+    # balanced weights: boundary and object voxels carry equal total weight
+    w = batch[keys.weights["affs"]].data
+    assert w[affs == 0].sum() == pytest.approx(w[affs == 1].sum(), rel=0.05)
+
+
+def test_anisotropic_pipeline_on_real_pixels(tmp_path, gala_test):
+    """CREMI's anisotropic setup (section-wise augmentation) on real EM at 40x4x4 nm."""
+    data = convert(gala_test, tmp_path / "aniso.zarr", voxel_size=(40, 4, 4), progress=False)
+    config = load_config(
+        "cremi",
+        [
+            f"data.train=['{data}']",
+            "model.num_fmaps=2",
+            "model.fmap_inc_factor=2",
+            "model.input_shape=[66, 136, 136]",
+            "training.min_masked=0.1",
+        ],
+        workspace=tmp_path / "ws",
+    )
+    assert config.data.is_anisotropic
+    keys, batch = request_one_batch(config)
+    assert batch[keys.targets["lsds"]].data.shape == (1, 10, *config.model.output_shape)
+    assert batch[keys.targets["affs"]].data.shape == (1, 3, *config.model.output_shape)
+
+
+def test_a_volume_too_small_for_min_masked_is_refused_not_looped_on(tiny_gala_config):
+    # gala has 50 sections: a 32-section output + 2 x 24 sections of LSD context cannot
+    # be 90% labelled anywhere (gunpowder's RandomLocation would retry forever)
+    config = tiny_gala_config("model.input_shape=[72, 72, 72]", "training.min_masked=0.9")
+    with pytest.raises(ConfigError, match=r"training.min_masked = 0.9 cannot be met .*gala_train.zarr"):
+        request_one_batch(config)
+
+
+def test_mito_model_pipeline_needs_mito_labels(tiny_gala_config):
+    config = tiny_gala_config("model.kind='mtlsd_mito'")
+    with pytest.raises(VolumeError, match="volumes/labels/mito_ids"):
+        request_one_batch(config)
+
+
+def test_mito_model_trains_on_mito_labels(tmp_path, gala_train, tiny_gala_config):
+    """Stand-in mitochondria: the smallest labelled objects of the real volume."""
+    import zarr
+
+    data = tmp_path / "with_mito.zarr"
+    convert(gala_train, data, progress=False)
+    labels = zarr.open(str(data / "volumes/labels/neuron_ids"))[:]
+    ids, sizes = np.unique(labels[labels > 0], return_counts=True)
+    mito = np.where(np.isin(labels, ids[sizes < np.percentile(sizes, 30)]), labels, 0)
+    from lsdflow.core.volumes import create_array, open_array
+
+    lab = open_array(data, "volumes/labels/neuron_ids")
+    out = create_array(data, "volumes/labels/mito_ids", lab.roi, lab.voxel_size, np.uint64)
+    out[out.roi] = mito
+    config = tiny_gala_config("model.kind='mtlsd_mito'", f"data.train=['{data}']")
+    keys, batch = request_one_batch(config)
+    assert batch[keys.targets["mito_affs"]].data.shape == (1, 3, *config.model.output_shape)
+    result = train(config, iterations=2, progress=False)
+    assert result.iteration == 2
+
+
+def test_voxel_size_that_disagrees_with_the_data_is_rejected(tiny_gala_config):
+    config = tiny_gala_config("data.voxel_size=[8, 8, 8]", "model.input_shape=[52, 52, 52]")
+    with pytest.raises(ConfigError) as e:
+        train(config, iterations=1, progress=False)
+    msg = str(e.value)
+    assert "data.voxel_size = (8, 8, 8)" in msg and "(10, 10, 10)" in msg and "gala_train.zarr" in msg
+    assert not (config.checkpoint_dir / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_loss_decreases_on_real_data(tiny_gala_config):
+    config = tiny_gala_config("training.learning_rate=1e-3", "training.log_every=1")
+    result = train(config, iterations=40, progress=False)
+    losses = [loss for _, loss in result.losses]
+    assert len(losses) == 40
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    assert last < 0.9 * first, (first, last)
+    with open(config.resolved_workspace / "training_log.csv") as f:
+        assert len(list(csv.DictReader(f))) == 40
+
+
+def test_training_resumes_from_the_latest_checkpoint(tiny_gala_config):
+    config = tiny_gala_config("training.save_every=3")
+    first = train(config, iterations=4, progress=False)
+    assert [i for i, _ in list_checkpoints(config.checkpoint_dir)] == [3, 4]
+    weights_at_4 = torch.load(first.checkpoint, weights_only=True)["model_state_dict"]
+
+    second = train(config, iterations=6, progress=False)
+    assert [i for i, _ in second.losses] == [5, 6]  # continued, not restarted
+    assert latest_checkpoint(config.checkpoint_dir)[0] == 6
+    weights_at_6 = torch.load(second.checkpoint, weights_only=True)["model_state_dict"]
+    assert any(not torch.equal(weights_at_4[k], weights_at_6[k]) for k in weights_at_4)
+
+    # reaching the target again does nothing
+    assert train(config, iterations=6, progress=False).losses == []
+    # a checkpoint loads back into the network it came from
+    model, meta = load_model(second.checkpoint)
+    assert meta["iteration"] == 6
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights_at_6[k])
+
+
+def test_resuming_with_a_different_network_is_refused(tiny_gala_config):
+    train(tiny_gala_config("training.save_every=1"), iterations=1, progress=False)
+    with pytest.raises(ConfigError, match="different network"):
+        train(tiny_gala_config("model.num_fmaps=5"), iterations=2, progress=False)
