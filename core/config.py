@@ -203,6 +203,11 @@ class TrainingConfig(_Strict):
 
 class PredictionConfig(_Strict):
     checkpoint: Path | None = Field(None, description="pretrained weights for this dataset")
+    input_shape: Vec3 | None = Field(
+        None,
+        description="network input for prediction (voxels); larger than in training wastes "
+        "less context per output voxel. Default: model.input_shape",
+    )
     output_dtype: Literal["uint8", "float32"] = "uint8"
     batch_size: int = Field(1, gt=0)
 
@@ -228,6 +233,16 @@ class LsdflowConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> LsdflowConfig:
+        shape = self.prediction.input_shape
+        if shape is not None:
+            geometry = self.model.geometry
+            for axis, size in enumerate(shape):
+                if geometry.axis_output_size(axis, size)[1] is not None:
+                    raise ValueError(
+                        f"prediction.input_shape {tuple(shape)}: {AXES[axis]}={size} does not fit "
+                        f"the network; nearest valid {AXES[axis]} sizes: "
+                        f"{geometry.nearest_valid_sizes(axis, size)}"
+                    )
         names = self.model.outputs
         missing = [n for n in names if n not in self.training.loss_weights]
         if missing:
@@ -236,6 +251,12 @@ class LsdflowConfig(_Strict):
                 f"{self.model.kind!r} outputs {list(names)})"
             )
         return self
+
+    @property
+    def prediction_shapes(self) -> tuple[Vec3, Vec3]:
+        """(input, output) shape in voxels used for prediction."""
+        shape = self.prediction.input_shape or self.model.input_shape
+        return shape, self.model.geometry.output_shape(shape)  # type: ignore[return-value]
 
     @property
     def augment(self) -> AugmentConfig:

@@ -49,11 +49,12 @@ def run_demo(
     mean, std = intensity_stats(raw_array)
     scale = 255.0 if raw.dtype.kind == "u" and raw.dtype.itemsize == 1 else 1.0
     m = config.model
+    input_shape, output_shape = config.prediction_shapes
     report = {"volume": str(volume), "model_file": str(model_file), "iteration": meta.get("iteration")}
     for name, net in (("pretrained", model), ("untrained", _untrained(config))):
         began = time.perf_counter()
         outputs = predict_array(
-            net, raw / scale, m.input_shape, m.output_shape, mean, std,
+            net, raw / scale, input_shape, output_shape, mean, std,
             batch_size=config.prediction.batch_size, progress=progress and name == "pretrained",
         )
         affs = outputs[net.outputs.index("affs")]

@@ -119,13 +119,19 @@ def _check_masked_fraction(config: LsdflowConfig, container: Path, labels_roi, l
             f"smaller than one network output {tuple(output_size)} nm; use a smaller "
             f"model.input_shape or a larger volume"
         )
+    if config.augment.elastic:
+        # rotations within sections grow the y/x extent of the upstream request by up to √2
+        label_request = Coordinate(label_request[0], *(int(r * 1.42) for r in label_request[1:]))
+    # the best case, at the centre of the volume: RandomLocation samples shifts uniformly
+    # and retries, so a fraction that only the centre reaches makes training crawl
     achievable = float(np.prod([min(1.0, e / r) for e, r in zip(extent, label_request)]))
-    if achievable < config.training.min_masked:
+    if achievable < 1.5 * config.training.min_masked:
         raise ConfigError(
             f"training.min_masked = {config.training.min_masked} cannot be met in {container}: "
-            f"at most {achievable:.2f} of a labels request ({tuple(label_request)} nm: output + "
-            f"LSD context) can lie inside its labelled extent {tuple(extent)} nm; set "
-            f"training.min_masked <= {0.8 * achievable:.2f} or use a larger volume"
+            f"at most {achievable:.2f} of a labels request ({tuple(label_request)} nm: output, "
+            f"LSD context, rotation) can lie inside its labelled extent {tuple(extent)} nm, too "
+            f"close to the minimum for random locations to find it quickly; set "
+            f"training.min_masked <= {achievable / 1.5:.2f} or use a larger volume"
         )
 
 
@@ -291,6 +297,14 @@ def make_request(config: LsdflowConfig, keys: TrainingKeys, seed: int | None = N
     return request
 
 
+def training_request(config: LsdflowConfig, keys: TrainingKeys) -> gp.BatchRequest:
+    """The request of every training iteration: deliberately without a random seed.
+
+    PreCache workers copy one request, and gunpowder derives a copy's seed from the
+    original's: a seeded request would make every worker produce the same batch, forever."""
+    return make_request(config, keys, seed=None)
+
+
 @dataclass
 class TrainingResult:
     checkpoint: Path
@@ -388,8 +402,7 @@ def train(
             writer.writerow(["iteration", "loss", "seconds_per_iteration", "device"])
         last = time.perf_counter()
         while iteration < total:
-            seed = None if t.seed is None else t.seed * 1_000_003 + iteration
-            batch = pipeline.request_batch(make_request(config, keys, seed))
+            batch = pipeline.request_batch(training_request(config, keys))
             iteration = batch.iteration
             value = float(batch.loss)
             now = time.perf_counter()

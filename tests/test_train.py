@@ -12,7 +12,13 @@ import torch
 from lsdflow.core.checkpoints import latest_checkpoint, list_checkpoints, load_model
 from lsdflow.core.config import ConfigError, load_config
 from lsdflow.core.convert import convert
-from lsdflow.core.train import TrainingKeys, build_training_pipeline, make_request, train
+from lsdflow.core.train import (
+    TrainingKeys,
+    build_training_pipeline,
+    make_request,
+    train,
+    training_request,
+)
 from lsdflow.core.volumes import VolumeError
 
 
@@ -43,6 +49,18 @@ def test_pipeline_builds_lsd_and_affinity_targets(tiny_gala_config):
     # balanced weights: boundary and object voxels carry equal total weight
     w = batch[keys.weights["affs"]].data
     assert w[affs == 0].sum() == pytest.approx(w[affs == 1].sum(), rel=0.05)
+
+
+def test_training_batches_differ_through_the_precache(tiny_gala_config):
+    """Every iteration must see a new random location and augmentation."""
+    import dask
+
+    config = tiny_gala_config()
+    keys = TrainingKeys.for_outputs(config.model.outputs)
+    pipeline = build_training_pipeline(config, keys, precache=True)
+    with dask.config.set(scheduler="synchronous"), gp.build(pipeline):
+        raws = [pipeline.request_batch(training_request(config, keys))[keys.raw].data for _ in range(4)]
+    assert all(not np.array_equal(raws[0], other) for other in raws[1:])
 
 
 def test_anisotropic_pipeline_on_real_pixels(tmp_path, gala_test):
