@@ -51,7 +51,7 @@ def reduced_config(name: str, workdir: Path):
         "model.fmap_inc_factor=3",
         f"model.input_shape={shape}",
         f"data.train=['{data}']",
-        "training.min_masked=0.0",
+        "training.min_masked=0.05",
         "training.precache_workers=2",
     ]
     return load_config(name, overrides, workspace=workdir / name)

@@ -8,6 +8,7 @@ state) and resumes from the newest one. For prediction and the registry we expor
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -98,11 +99,11 @@ def load_model(
                 f"{path}: a training checkpoint without {config_file.name} beside it; "
                 f"cannot tell which network it belongs to"
             )
-        config = LsdflowConfig.model_validate_json(config_file.read_text())
-        model_config = config.model
+        config = json.loads(config_file.read_text())
+        model_config = ModelConfig.model_validate(config["model"])
         match = _CHECKPOINT_RE.match(path.name)
         meta = {
-            "config": config.model_dump(mode="json"),
+            "config": config,
             "iteration": int(match.group(1)) if match else None,
         }
     model = build_model(model_config)

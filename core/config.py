@@ -147,7 +147,6 @@ class AugmentConfig(_Strict):
     elastic: bool = True
     control_point_spacing_nm: Vec3 | None = None
     jitter_sigma_nm: tuple[float, float, float] | None = None
-    rotate_in_plane_only: bool | None = None
     prob_slip: float | None = None
     prob_shift: float | None = None
     max_misalign_nm: int | None = None
@@ -159,7 +158,8 @@ class AugmentConfig(_Strict):
     def resolved(self, data: DataConfig) -> AugmentConfig:
         """Fill in resolution-aware defaults: anisotropic data is deformed and transposed
         only within sections and gets section slips/shifts (as in the LSD paper's CREMI
-        setup); isotropic data is deformed and transposed in 3D."""
+        setup); isotropic data is deformed and transposed in 3D. Rotations are always
+        within sections (gunpowder's ElasticAugment rotates the y/x plane)."""
         vs = data.voxel_size
         fine = min(vs)
         aniso = data.is_anisotropic
@@ -170,8 +170,6 @@ class AugmentConfig(_Strict):
             )
         if self.jitter_sigma_nm is None:
             updates["jitter_sigma_nm"] = (0.0, fine * 2.0, fine * 2.0) if aniso else (fine * 2.0,) * 3
-        if self.rotate_in_plane_only is None:
-            updates["rotate_in_plane_only"] = aniso
         if self.prob_slip is None:
             updates["prob_slip"] = 0.05 if aniso else 0.0
         if self.prob_shift is None:
@@ -192,7 +190,8 @@ class TrainingConfig(_Strict):
     lsd_sigma_nm: float = Field(80.0, gt=0)
     lsd_downsample: int = Field(2, gt=0)
     loss_weights: dict[str, float] = {"lsds": 1.0, "affs": 1.0, "mito_affs": 1.0}
-    min_masked: float = Field(0.5, ge=0, le=1)
+    # > 0: a request lying wholly in the padding crashes gunpowder 1.4's Pad
+    min_masked: float = Field(0.5, gt=0, le=1)
     grow_boundary_steps: int = Field(1, ge=0)
     balance_affinities: bool = True
     precache_size: int = Field(8, gt=0)

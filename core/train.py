@@ -28,7 +28,7 @@ from funlib.geometry import Coordinate
 from lsd.train.gp import AddLocalShapeDescriptor
 
 from .checkpoints import latest_checkpoint, save_training_checkpoint
-from .config import ConfigError, LsdflowConfig, check_voxel_size
+from .config import ConfigError, LsdflowConfig, ModelConfig, check_voxel_size
 from .losses import MultiTaskWeightedMSELoss
 from .models import build_model
 from .volumes import VolumeError, intensity_stats, normalization_factor, open_array
@@ -324,8 +324,9 @@ def _write_run_config(config: LsdflowConfig) -> None:
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = config.checkpoint_dir / "config.json"
     if path.is_file():
-        previous = LsdflowConfig.model_validate_json(path.read_text())
-        if previous.model != config.model and latest_checkpoint(config.checkpoint_dir):
+        # only the network must match; other sections may come from an older lsdflow
+        previous = ModelConfig.model_validate(json.loads(path.read_text())["model"])
+        if previous != config.model and latest_checkpoint(config.checkpoint_dir):
             raise ConfigError(
                 f"{config.checkpoint_dir} holds checkpoints of a different network "
                 f"(model section differs from {config.source}); use another workspace"

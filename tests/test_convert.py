@@ -69,6 +69,24 @@ def test_hdf5_round_trip_keeps_data_and_metadata(tmp_path, gala_arrays):
     assert leftovers(tmp_path) == []
 
 
+def test_hdf5_mito_ids_and_an_existing_mask_are_kept(tmp_path, gala_arrays):
+    raw, labels = gala_arrays
+    src = write_cremi_h5(tmp_path / "m.h5", raw, labels)
+    mito = np.where(labels % 7 == 0, labels, 0).astype(np.uint32)
+    mask = np.zeros(labels.shape, dtype=np.uint8)
+    mask[:, :, :150] = 1
+    with h5py.File(src, "a") as f:
+        for name, data in (("volumes/labels/mito_ids", mito), ("volumes/labels/labels_mask", mask)):
+            ds = f.create_dataset(name, data=data)
+            ds.attrs["resolution"] = (10, 10, 10)
+            ds.attrs["offset"] = (0, 0, 0)
+    out = convert(src, tmp_path / "m.zarr", progress=False)
+    m = open_array(out, "volumes/labels/mito_ids")
+    assert m.dtype == np.uint64
+    np.testing.assert_array_equal(m[:], mito)
+    np.testing.assert_array_equal(open_array(out, "volumes/labels/labels_mask")[:], mask)
+
+
 def test_conversion_streams_in_blocks(tmp_path, gala_arrays, monkeypatch):
     raw, labels = gala_arrays
     src = write_cremi_h5(tmp_path / "s.h5", raw, labels)
