@@ -155,7 +155,7 @@ def loss_on_fixed_batches(config, checkpoint, batches, keys):
 @pytest.mark.slow
 def test_loss_decreases_on_real_data(tiny_gala_config):
     """Loss on the same held-out real batches, before and after a short training."""
-    config = tiny_gala_config("training.learning_rate=2e-3", "training.log_every=1")
+    config = tiny_gala_config("training.learning_rate=1e-3", "model.num_fmaps=6", "training.log_every=1")
     keys = TrainingKeys.for_outputs(config.model.outputs)
     pipeline = build_training_pipeline(config, keys, precache=False)
     with gp.build(pipeline):
