@@ -58,66 +58,67 @@ def _vec(value, name: str, where: str) -> tuple[int, ...] | None:
 # -- readers --------------------------------------------------------------------------
 
 
-def _hdf5_sources(path: Path, names: dict[str, str]) -> list[SourceArray]:
-    found = []
-    with h5py.File(path, "r") as f:
-        for role, name in names.items():
-            if name not in f:
-                continue
-            ds = f[name]
-            if not isinstance(ds, h5py.Dataset):
-                raise VolumeError(f"{path}:{name} is a group, expected a 3D dataset")
-            where = f"{path}:{name}"
-
-            def read(slices, _name=name):
-                with h5py.File(path, "r") as g:
-                    return g[_name][slices]
-
-            found.append(
-                SourceArray(
-                    role,
-                    where,
-                    tuple(ds.shape),
-                    ds.dtype,
-                    read,
-                    _vec(ds.attrs.get("resolution"), "resolution attribute", where),
-                    _vec(ds.attrs.get("offset"), "offset attribute", where),
-                )
-            )
-    return found
-
-
-def _zarr_sources(path: Path, names: dict[str, str]) -> list[SourceArray]:
-    is_n5 = path.suffix == ".n5"
-    store = zarr.N5FSStore(str(path)) if is_n5 else str(path)
-    root = zarr.open(store, mode="r")
+def _hierarchy_sources(path: Path, root, names: dict[str, str], is_array, read_attrs, reader):
+    """Sources from an HDF5 file or a Zarr/N5 group: one per dataset name found."""
     found = []
     for role, name in names.items():
         if name not in root:
             continue
         ds = root[name]
-        if not isinstance(ds, zarr.Array):
-            raise VolumeError(f"{path}:{name} is a group, expected a 3D array")
+        if not is_array(ds):
+            raise VolumeError(f"{path}:{name} is a group, expected a 3D dataset")
         where = f"{path}:{name}"
-        attrs = dict(ds.attrs)
-        voxel_size = attrs.get("voxel_size", attrs.get("resolution"))
-        offset = attrs.get("offset")
-        if is_n5 and "voxel_size" not in attrs:
-            # N5 writers (gunpowder, BigDataViewer) store resolution/offset in x, y, z order
-            voxel_size = voxel_size[::-1] if voxel_size is not None else None
-            offset = offset[::-1] if offset is not None else None
+        voxel_size, offset = read_attrs(dict(ds.attrs))
         found.append(
             SourceArray(
                 role,
                 where,
                 tuple(ds.shape),
                 ds.dtype,
-                lambda slices, _ds=ds: _ds[slices],
+                reader(name, ds),
                 _vec(voxel_size, "voxel size attribute", where),
                 _vec(offset, "offset attribute", where),
             )
         )
     return found
+
+
+def _hdf5_sources(path: Path, names: dict[str, str]) -> list[SourceArray]:
+    def reader(name, _ds):
+        def read(slices):
+            with h5py.File(path, "r") as f:
+                return f[name][slices]
+
+        return read
+
+    with h5py.File(path, "r") as f:
+        return _hierarchy_sources(
+            path, f, names,
+            is_array=lambda ds: isinstance(ds, h5py.Dataset),
+            read_attrs=lambda attrs: (attrs.get("resolution"), attrs.get("offset")),
+            reader=reader,
+        )
+
+
+def _zarr_sources(path: Path, names: dict[str, str]) -> list[SourceArray]:
+    is_n5 = path.suffix == ".n5"
+    store = zarr.N5FSStore(str(path)) if is_n5 else str(path)
+
+    def read_attrs(attrs):
+        voxel_size = attrs.get("voxel_size", attrs.get("resolution"))
+        offset = attrs.get("offset")
+        if is_n5 and "voxel_size" not in attrs:
+            # N5 writers (gunpowder, BigDataViewer) store resolution/offset in x, y, z order
+            voxel_size = voxel_size[::-1] if voxel_size is not None else None
+            offset = offset[::-1] if offset is not None else None
+        return voxel_size, offset
+
+    return _hierarchy_sources(
+        path, zarr.open(store, mode="r"), names,
+        is_array=lambda ds: isinstance(ds, zarr.Array),
+        read_attrs=read_attrs,
+        reader=lambda name, ds: lambda slices: ds[slices],
+    )
 
 
 def _tiff_source(path: Path, role: str) -> SourceArray:
