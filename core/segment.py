@@ -1,0 +1,164 @@
+"""Affinities → neuron instances: seeded watershed fragments, then waterz agglomeration.
+
+Fragments: seeds at the maxima of the distance transform of the boundary map (where the
+mean affinity falls below 0.5), grown by watershed (scikit-image) — in 3D, or section by
+section for anisotropic data. Written here because `lsd.post` no longer imports.
+Agglomeration: waterz over the fragments' region graph, one segmentation per threshold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from scipy import ndimage
+from skimage.segmentation import watershed
+
+HIST_QUANTILES = tuple(range(10, 100, 5))
+
+
+def scoring_function(merge_function: str) -> str:
+    """waterz's C++ scoring function for a merge function name (those waterz ships prebuilt)."""
+    if merge_function == "mean":
+        return "OneMinus<MeanAffinity<RegionGraphType, ScoreValue>>"
+    if merge_function.startswith("hist_quant_"):
+        quantile = int(merge_function.removeprefix("hist_quant_"))
+        if quantile in HIST_QUANTILES:
+            # InitWithMax=false: initialise edges with their histogram, not their maximum
+            # affinity (with the default `true`, ground-truth affinities over-merge badly)
+            return f"OneMinus<HistogramQuantileAffinity<RegionGraphType, {quantile}, ScoreValue, 256, false>>"
+    known = ["mean"] + [f"hist_quant_{q}" for q in HIST_QUANTILES]
+    raise ValueError(f"unknown merge function {merge_function!r}; known: {known}")
+
+
+def _check_affinities(affs: np.ndarray, channels: int = 3) -> None:
+    if affs.ndim != 4 or affs.shape[0] < channels:
+        raise ValueError(
+            f"affinities must have shape (channels >= {channels}, z, y, x), got {affs.shape}"
+        )
+    if np.issubdtype(affs.dtype, np.floating) and not np.isfinite(affs).all():
+        raise ValueError("affinities contain NaN or infinite values")
+
+
+def as_float_affinities(affs: np.ndarray) -> np.ndarray:
+    """float32 in [0, 1] (waterz needs float32; uint8 predictions are scaled by 255)."""
+    if affs.dtype == np.uint8:
+        return affs.astype(np.float32) / 255.0
+    return np.ascontiguousarray(affs, dtype=np.float32)
+
+
+def _seeded_watershed(boundary_distances: np.ndarray, mask: np.ndarray, min_seed_distance: int, id_offset: int):
+    """Fragments inside `mask` (0 outside), ids id_offset+1 ... id_offset+n; returns (fragments, n)."""
+    maxima = ndimage.maximum_filter(boundary_distances, min_seed_distance) == boundary_distances
+    seeds, n = ndimage.label(maxima & mask)
+    fragments = watershed(boundary_distances.max() - boundary_distances, seeds, mask=mask)
+    # a small object next to a larger one may have no maximum of its own: give it a
+    # fragment instead of leaving it unlabelled
+    orphans, n_orphans = ndimage.label(mask & (fragments == 0))
+    fragments[orphans > 0] = orphans[orphans > 0] + n
+    fragments = fragments.astype(np.uint64)
+    fragments[fragments > 0] += id_offset
+    return fragments, n + n_orphans
+
+
+def fill_boundaries(segmentation: np.ndarray, affs: np.ndarray) -> np.ndarray:
+    """Give every boundary voxel (0) to the segment it is least separated from.
+
+    Done after agglomeration: boundary voxels left out of the fragments keep the region
+    graph clean (edges only where fragments touch), and filling them afterwards avoids a
+    segment "0" that would count as one huge false merge."""
+    if not (segmentation == 0).any():
+        return segmentation
+    boundary = 1.0 - as_float_affinities(affs[:3]).mean(axis=0)
+    return watershed(boundary, segmentation).astype(segmentation.dtype)
+
+
+def fragments_from_affinities(
+    affs: np.ndarray,
+    fragments_in_xy: bool = False,
+    min_seed_distance: int = 10,
+    filter_fragments: float = 0.0,
+) -> np.ndarray:
+    """Watershed fragments (uint64, 0 = boundary) from (3+, z, y, x) affinities in [0, 1].
+
+    `filter_fragments` > 0 sets fragments whose mean affinity is below it to 0 (background)."""
+    _check_affinities(affs)
+    affs = as_float_affinities(affs)
+    if fragments_in_xy:
+        fragments = np.zeros(affs.shape[1:], dtype=np.uint64)
+        mean_xy = 0.5 * (affs[1] + affs[2])
+        offset = 0
+        for z in range(affs.shape[1]):
+            mask = mean_xy[z] > 0.5
+            distances = ndimage.distance_transform_edt(mask)
+            fragments[z], n = _seeded_watershed(distances, mask, min_seed_distance, offset)
+            offset += n
+    else:
+        mask = affs[:3].mean(axis=0) > 0.5
+        distances = ndimage.distance_transform_edt(mask)
+        fragments, _ = _seeded_watershed(distances, mask, min_seed_distance, 0)
+    if filter_fragments > 0:
+        ids = np.unique(fragments)
+        ids = ids[ids != 0]
+        mean_affinity = ndimage.mean(affs[:3].mean(axis=0), fragments, ids)
+        fragments[np.isin(fragments, ids[np.asarray(mean_affinity) < filter_fragments])] = 0
+    return fragments
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """waterz prints progress from C++ on file descriptor 1 and from Python on
+    sys.stdout: send both to /dev/null."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def agglomerate(
+    affs: np.ndarray,
+    fragments: np.ndarray,
+    thresholds: Sequence[float],
+    merge_function: str = "hist_quant_50",
+    fill: bool = True,
+) -> dict[float, np.ndarray]:
+    """One segmentation per threshold (sorted), by waterz over the fragments; with `fill`,
+    boundary voxels are then given to neighbouring segments (`fill_boundaries`)."""
+    import waterz
+
+    _check_affinities(affs)
+    affs = as_float_affinities(affs[:3])
+    if fragments.shape != affs.shape[1:]:
+        raise ValueError(f"fragments {fragments.shape} do not match affinities {affs.shape[1:]}")
+    # waterz's memory grows with the largest id: relabel to consecutive ids first
+    ids, consecutive = np.unique(fragments, return_inverse=True)
+    consecutive = consecutive.reshape(fragments.shape).astype(np.uint64)
+    if ids[0] != 0:
+        consecutive += 1
+    thresholds = sorted(float(t) for t in thresholds)
+    results = {}
+    with quiet_stdout():
+        for threshold, segmentation in zip(
+            thresholds,
+            waterz.agglomerate(
+                affs,
+                thresholds,
+                fragments=np.ascontiguousarray(consecutive),
+                scoring_function=scoring_function(merge_function),
+                discretize_queue=256,
+            ),
+        ):
+            results[threshold] = segmentation.copy()
+    if fill:
+        results = {t: fill_boundaries(seg, affs) for t, seg in results.items()}
+    return results
