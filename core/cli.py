@@ -109,6 +109,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .predict import predict_volume
+    from .volumes import open_array
+
+    config = _config(args)
+    written = predict_volume(
+        config, args.volume, model_file=args.model, output=args.output,
+        output_dtype="float32" if args.float32 else None, device=args.device,
+        progress=not args.quiet,
+    )
+    for name, path in written.items():
+        a = open_array(path.parent.parent, f"volumes/{path.name}")
+        print(f"wrote {path}: {a.dtype} shape {tuple(a.shape)} voxel size {tuple(a.voxel_size)} nm offset {tuple(a.offset)} nm")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import format_report, run_demo
 
@@ -154,6 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--export", type=Path, help="also write a portable model file here")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
+
+    predict = sub.add_parser("predict", help="predict affinities/LSDs for a (small) volume, in memory")
+    _add_config_args(predict)
+    predict.add_argument("volume", type=Path, help="Zarr container with volumes/raw")
+    predict.add_argument("--model", type=Path, help="model file (default: prediction.checkpoint of the config)")
+    predict.add_argument("--output", type=Path, help="Zarr container to write to (default: the input)")
+    predict.add_argument("--float32", action="store_true", help="write float32 instead of uint8")
+    predict.add_argument("--device", help="torch device (default cuda when available, else cpu)")
+    predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.set_defaults(func=cmd_predict)
 
     demo = sub.add_parser("demo", help="the shipped pretrained MTLSD on the real gala test volume")
     demo.add_argument("--train", action="store_true", help="retrain from scratch first")

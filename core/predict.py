@@ -81,3 +81,67 @@ def predict_array(
     assert outputs is not None
     crop = (slice(None),) + tuple(slice(0, s) for s in shape)
     return tuple(o[crop] for o in outputs)
+
+
+def predict_volume(
+    config,
+    container,
+    model_file=None,
+    output=None,
+    output_dtype: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Predict a whole (small) volume in memory and write `volumes/pred_<output>` datasets.
+
+    Outputs cover the raw ROI with its voxel size and offset; uint8 scales [0, 1] to
+    0..255. Each dataset records the model file, its iteration and config fingerprint.
+    Everything is checked and computed before anything is written; each dataset is
+    written beside its final place and renamed in, so a failure loses nothing."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    from .checkpoints import load_model
+    from .config import check_voxel_size
+    from .volumes import create_array, intensity_stats, open_array
+
+    container = Path(container)
+    output = Path(output) if output else container
+    model_file = Path(model_file or config.prediction.checkpoint or "")
+    raw_array = open_array(container, config.data.raw_dataset)
+    check_voxel_size(config, tuple(raw_array.voxel_size), f"{container}/{config.data.raw_dataset}")
+    model, meta = load_model(model_file)
+    dtype = output_dtype or config.prediction.output_dtype
+    raw = raw_array[raw_array.roi]
+    scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
+    mean, std = intensity_stats(raw_array)
+    input_shape, output_shape = config.prediction_shapes
+    outputs = predict_array(
+        model, raw / scale, input_shape, output_shape, mean, std,
+        batch_size=config.prediction.batch_size, device=device, progress=progress,
+    )
+    attrs = {
+        "model_file": str(model_file.resolve()),
+        "model_iteration": meta.get("iteration"),
+        "model_config_fingerprint": meta.get("config_fingerprint"),
+        "model_kind": model.config.kind,
+        "raw": f"{container}/{config.data.raw_dataset}",
+        "value_scale": 255 if dtype == "uint8" else 1,
+    }
+    written = {}
+    for name, data in zip(model.outputs, outputs):
+        dataset = f"volumes/pred_{name}"
+        partial = f"volumes/.pred_{name}.partial-{os.getpid()}"
+        values = np.round(data * 255).astype(np.uint8) if dtype == "uint8" else data.astype(np.float32)
+        array = create_array(
+            output, partial, raw_array.roi, raw_array.voxel_size, values.dtype,
+            num_channels=values.shape[0], chunk_shape=(64, 64, 64), attrs=attrs,
+        )
+        array[array.roi] = values
+        final = output / dataset
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(output / partial, final)
+        written[name] = final
+    return written

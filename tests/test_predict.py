@@ -1,0 +1,72 @@
+"""In-memory prediction into Zarr: shapes, ROI, metadata, and bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from lsdflow.core.checkpoints import export_model
+from lsdflow.core.cli import main as cli
+from lsdflow.core.config import ConfigError, load_config
+from lsdflow.core.convert import convert
+from lsdflow.core.models import build_model
+from lsdflow.core.predict import predict_volume
+from lsdflow.core.volumes import VolumeError, list_datasets, open_array
+
+
+@pytest.fixture
+def gala_copy(tmp_path, gala_test):
+    return shutil.copytree(gala_test, tmp_path / "gala_test.zarr")
+
+
+def test_predict_isotropic_with_the_shipped_model(gala_copy, capsys):
+    assert cli(["predict", "gala", str(gala_copy), "--quiet"]) == 0
+    assert "volumes/pred_affs" in capsys.readouterr().out
+    raw = open_array(gala_copy, "volumes/raw")
+    affs = open_array(gala_copy, "volumes/pred_affs")
+    lsds = open_array(gala_copy, "volumes/pred_lsds")
+    assert affs.shape == (3, 50, 100, 200) and lsds.shape == (10, 50, 100, 200)
+    assert affs.dtype == np.uint8
+    assert affs.roi == raw.roi and tuple(affs.voxel_size) == (10, 10, 10)
+    attrs = zarr.open(str(gala_copy / "volumes/pred_affs")).attrs
+    assert attrs["model_iteration"] == 2500
+    assert attrs["model_file"].endswith("gala_mtlsd.pt")
+    assert attrs["value_scale"] == 255
+    assert not [d for d in list_datasets(gala_copy) if "partial" in d]
+
+
+def test_predict_anisotropic_float32_with_offset(tmp_path, gala_test):
+    data = convert(gala_test, tmp_path / "aniso.zarr", voxel_size=(40, 4, 4), offset=(400, 40, 80), progress=False)
+    config = load_config(
+        "cremi",
+        ["model.num_fmaps=2", "model.fmap_inc_factor=2", "model.input_shape=[66, 136, 136]",
+         "prediction.input_shape=[114, 232, 232]"],
+        workspace=tmp_path / "ws",
+    )
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "model_checkpoint_0"
+    torch.save({"model_state_dict": build_model(config.model).state_dict()}, checkpoint)
+    model_file = export_model(checkpoint, config, tmp_path / "model.pt", 0)
+    written = predict_volume(config, data, model_file=model_file, output_dtype="float32", progress=False)
+    affs = open_array(data, "volumes/pred_affs")
+    assert set(written) == {"lsds", "affs"}
+    assert affs.dtype == np.float32 and affs.shape == (3, 50, 100, 200)
+    assert tuple(affs.offset) == (400, 40, 80) and tuple(affs.voxel_size) == (40, 4, 4)
+    values = affs[affs.roi]
+    assert 0 <= values.min() and values.max() <= 1
+
+
+def test_bad_input_writes_nothing(tmp_path, gala_copy):
+    config = load_config("gala")
+    before = list_datasets(gala_copy)
+    with pytest.raises(VolumeError, match="volumes/raw"):
+        predict_volume(config.model_copy(update={"data": config.data.model_copy(update={"raw_dataset": "volumes/nope"})}), gala_copy, progress=False)
+    with pytest.raises(ConfigError, match="data.voxel_size"):
+        predict_volume(load_config("gala", ["data.voxel_size=[8, 8, 8]"]), gala_copy, progress=False)
+    with pytest.raises(FileNotFoundError):
+        predict_volume(config, gala_copy, model_file=tmp_path / "missing.pt", progress=False)
+    assert list_datasets(gala_copy) == before
