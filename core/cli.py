@@ -125,6 +125,37 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_segment(args) -> int:
+    from .segment import segment_volume
+
+    config = _config(args)
+    seg = config.segmentation
+    fragments_in_xy = seg.fragments_in_xy if seg.fragments_in_xy is not None else config.data.is_anisotropic
+    result = segment_volume(
+        args.volume, args.affs, thresholds=args.thresholds or seg.thresholds,
+        merge_function=seg.merge_function, fragments_in_xy=fragments_in_xy,
+        min_seed_distance=seg.min_seed_distance,
+    )
+    for dataset in result["written"]:
+        print(f"wrote {args.volume}/{dataset}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate_volume, format_scores
+
+    config = _config(args)
+    report = evaluate_volume(
+        args.volume, merge_function=config.segmentation.merge_function,
+        labels_dataset=config.data.labels_dataset, out_dir=args.out,
+    )
+    print(format_scores(report))
+    print(f"report: {report['json']}")
+    for picture in report["pictures"]:
+        print(f"picture: {picture}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import format_report, run_demo
 
@@ -180,6 +211,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", help="torch device (default cuda when available, else cpu)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.set_defaults(func=cmd_predict)
+
+    segment = sub.add_parser("segment", help="fragments + waterz agglomeration of a (small) volume, in memory")
+    _add_config_args(segment)
+    segment.add_argument("volume", type=Path, help="Zarr container with predicted affinities")
+    segment.add_argument("--affs", default="volumes/pred_affs", help="affinities dataset")
+    segment.add_argument("--thresholds", type=float, nargs="+", help="default from the config")
+    segment.set_defaults(func=cmd_segment)
+
+    evaluate = sub.add_parser("evaluate", help="VOI and ARAND of every segmentation against the labels")
+    _add_config_args(evaluate)
+    evaluate.add_argument("volume", type=Path, help="Zarr container with segmentations and labels")
+    evaluate.add_argument("--out", type=Path, help="report directory (default <volume>_evaluation beside it)")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="the shipped pretrained MTLSD on the real gala test volume")
     demo.add_argument("--train", action="store_true", help="retrain from scratch first")

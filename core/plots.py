@@ -80,3 +80,55 @@ def plot_affinity_slices(
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def plot_voi_vs_threshold(rows: list[dict], out: str | os.PathLike, title: str = "") -> Path:
+    out = Path(out)
+    t = [r["threshold"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(t, [r["voi_split"] for r in rows], "o-", label="VOI split")
+    ax.plot(t, [r["voi_merge"] for r in rows], "s-", label="VOI merge")
+    ax.plot(t, [r["voi_sum"] for r in rows], "k--", label="VOI sum")
+    ax.plot(t, [r["arand"] for r in rows], "^:", label="ARAND")
+    ax.set_xlabel("agglomeration threshold")
+    ax.set_ylabel("error (lower is better)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_segmentation_slices(raw, labels, segmentation, out, title: str = "", n_slices: int = 3) -> Path:
+    """Rows of z-slices: raw | ground truth overlay | segmentation overlay."""
+    out = Path(out)
+    zs = np.linspace(raw.shape[0] * 0.2, raw.shape[0] * 0.8, n_slices).astype(int)
+    rng = np.random.default_rng(0)
+
+    def colour(ids):
+        _, inverse = np.unique(ids, return_inverse=True)
+        palette = rng.random((inverse.max() + 1, 3))
+        rgb = palette[inverse.reshape(ids.shape)]
+        rgb[ids == 0] = 0
+        return rgb
+
+    fig, axes = plt.subplots(n_slices, 3, figsize=(12, 2.2 * n_slices), squeeze=False)
+    for row, z in enumerate(zs):
+        axes[row, 0].imshow(raw[z], cmap="gray")
+        for col, ids in ((1, labels[z]), (2, segmentation[z])):
+            axes[row, col].imshow(raw[z], cmap="gray")
+            axes[row, col].imshow(colour(ids), alpha=0.5)
+        axes[row, 0].set_ylabel(f"z = {z}")
+    for col, name in enumerate(("raw", "ground truth", "segmentation")):
+        axes[0, col].set_title(name)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

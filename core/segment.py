@@ -162,3 +162,57 @@ def agglomerate(
     if fill:
         results = {t: fill_boundaries(seg, affs) for t, seg in results.items()}
     return results
+
+
+def segment_volume(
+    container,
+    affs_dataset: str = "volumes/pred_affs",
+    thresholds: Sequence[float] = (0.5,),
+    merge_function: str = "hist_quant_50",
+    fragments_in_xy: bool = False,
+    min_seed_distance: int = 10,
+    filter_fragments: float = 0.0,
+) -> dict:
+    """Segment a volume's affinities in memory: `volumes/fragments` and
+    `volumes/segmentation/<merge_function>/<threshold>`, all with the affinities' ROI.
+
+    The affinities are checked (present, 3+ channels, finite) before anything is written;
+    each dataset is written beside its place and renamed in."""
+    import shutil
+    from pathlib import Path
+
+    from .volumes import VolumeError, create_array, open_array
+
+    container = Path(container)
+    affs_array = open_array(container, affs_dataset)
+    if len(affs_array.shape) != 4 or affs_array.shape[0] < 3:
+        raise VolumeError(
+            f"{container}/{affs_dataset}: expected affinities (3 channels, z, y, x), "
+            f"found shape {tuple(affs_array.shape)}"
+        )
+    affs = affs_array[affs_array.roi]
+    try:
+        _check_affinities(affs)
+    except ValueError as e:
+        raise VolumeError(f"{container}/{affs_dataset}: {e}") from None
+    fragments = fragments_from_affinities(affs, fragments_in_xy, min_seed_distance, filter_fragments)
+    segmentations = agglomerate(affs, fragments, thresholds, merge_function)
+    attrs = {"affinities": f"{container}/{affs_dataset}", "merge_function": merge_function,
+             "fragments_in_xy": fragments_in_xy, "min_seed_distance": min_seed_distance}
+    outputs = {"volumes/fragments": fragments}
+    for threshold, segmentation in segmentations.items():
+        outputs[f"volumes/segmentation/{merge_function}/{threshold:g}"] = segmentation
+    written = {}
+    for dataset, data in outputs.items():
+        partial = f"{dataset}.partial-{os.getpid()}"
+        array = create_array(
+            container, partial, affs_array.roi, affs_array.voxel_size, np.uint64,
+            chunk_shape=(64, 64, 64), attrs=attrs,
+        )
+        array[array.roi] = data
+        final = container / dataset
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(container / partial, final)
+        written[dataset] = final
+    return {"fragments": fragments, "segmentations": segmentations, "written": written}

@@ -70,3 +70,17 @@ def test_bad_input_writes_nothing(tmp_path, gala_copy):
     with pytest.raises(FileNotFoundError):
         predict_volume(config, gala_copy, model_file=tmp_path / "missing.pt", progress=False)
     assert list_datasets(gala_copy) == before
+
+
+@pytest.mark.slow
+def test_predict_segment_evaluate_from_the_command_line(gala_copy, tmp_path, capsys):
+    """The small-volume path with the shipped model beats a bad segmentation clearly."""
+    assert cli(["predict", "gala", str(gala_copy), "--quiet"]) == 0
+    assert cli(["segment", "gala", str(gala_copy), "--thresholds", "0.05", "0.1", "0.2"]) == 0
+    assert cli(["evaluate", "gala", str(gala_copy), "--out", str(tmp_path / "eval")]) == 0
+    out = capsys.readouterr().out
+    assert "<- best" in out and "voi_vs_threshold.png" in out
+    import json
+
+    best = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["best"]
+    assert best["voi_sum"] < 2.0 and best["arand"] < 0.5

@@ -1,0 +1,86 @@
+"""segment_volume on Zarr: outputs with metadata, and bad affinities give clear errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lsdflow.core.affinities import labels_to_affinities
+from lsdflow.core.metrics import segmentation_scores
+from lsdflow.core.segment import segment_volume
+from lsdflow.core.volumes import VolumeError, create_array, list_datasets, open_array
+
+
+@pytest.fixture
+def gala_with_gt_affs(tmp_path, gala_test):
+    container = shutil.copytree(gala_test, tmp_path / "g.zarr")
+    labels = open_array(container, "volumes/labels/neuron_ids")
+    affs = labels_to_affinities(labels[labels.roi], [(-1, 0, 0), (0, -1, 0), (0, 0, -1)])
+    out = create_array(container, "volumes/gt_affs", labels.roi, labels.voxel_size, np.float32, num_channels=3)
+    out[out.roi] = affs
+    return container
+
+
+def test_segment_volume_writes_fragments_and_segmentations(gala_with_gt_affs):
+    result = segment_volume(gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.3, 0.5])
+    datasets = list_datasets(gala_with_gt_affs)
+    assert "volumes/fragments" in datasets
+    assert "volumes/segmentation/hist_quant_50/0.5" in datasets
+    seg = open_array(gala_with_gt_affs, "volumes/segmentation/hist_quant_50/0.5")
+    labels = open_array(gala_with_gt_affs, "volumes/labels/neuron_ids")
+    assert seg.roi == labels.roi and seg.dtype == np.uint64
+    assert segmentation_scores(labels[labels.roi], seg[seg.roi]).voi_sum <= 0.05
+    assert not [d for d in datasets if "partial" in d]
+    assert set(result["segmentations"]) == {0.3, 0.5}
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "dataset 'volumes/pred_affs' not found"),
+    ("channels", "expected affinities"),
+    ("nan", "NaN"),
+])
+def test_bad_affinities_give_a_clear_error_and_write_nothing(gala_with_gt_affs, case, message):
+    container = gala_with_gt_affs
+    labels = open_array(container, "volumes/labels/neuron_ids")
+    if case == "channels":
+        out = create_array(container, "volumes/pred_affs", labels.roi, labels.voxel_size, np.float32, num_channels=2)
+        out[out.roi] = np.ones(out.shape, np.float32)
+    elif case == "nan":
+        out = create_array(container, "volumes/pred_affs", labels.roi, labels.voxel_size, np.float32, num_channels=3)
+        data = np.ones(out.shape, np.float32)
+        data[0, 3, 3, 3] = np.nan
+        out[out.roi] = data
+    before = list_datasets(container)
+    with pytest.raises(VolumeError, match=message) as e:
+        segment_volume(container, "volumes/pred_affs")
+    assert str(container) in str(e.value)
+    assert list_datasets(container) == before
+
+
+def test_evaluate_volume_reports_every_threshold_and_the_best(gala_with_gt_affs, tmp_path):
+    from lsdflow.core.evaluate import evaluate_volume, format_scores
+
+    segment_volume(gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.3, 0.5, 0.7])
+    report = evaluate_volume(gala_with_gt_affs, out_dir=tmp_path / "eval")
+    assert [r["threshold"] for r in report["scores"]] == [0.3, 0.5, 0.7]
+    assert report["best"]["voi_sum"] <= 0.05
+    assert (tmp_path / "eval" / "evaluation.json").is_file()
+    assert all(Path(p).stat().st_size > 5000 for p in report["pictures"])
+    assert len(report["pictures"]) == 2
+    assert "<- best" in format_scores(report)
+
+
+def test_evaluate_refuses_a_segmentation_on_another_roi(gala_with_gt_affs, tmp_path):
+    from funlib.geometry import Roi
+
+    from lsdflow.core.evaluate import evaluate_volume
+
+    labels = open_array(gala_with_gt_affs, "volumes/labels/neuron_ids")
+    seg = create_array(gala_with_gt_affs, "volumes/segmentation/hist_quant_50/0.5",
+                       Roi((0, 0, 0), (400, 1000, 2000)), labels.voxel_size, np.uint64)
+    with pytest.raises(VolumeError, match="do not match"):
+        evaluate_volume(gala_with_gt_affs, out_dir=tmp_path / "eval")
+    assert seg is not None
