@@ -53,6 +53,8 @@ def test_demo_reduced_retrains_a_tiny_network(tmp_path, capsys):
     assert cli(args) == 0
     out = capsys.readouterr().out
     assert "ROC AUC" in out and "picture:" in out
+    assert "VOI split" in out and "<- best" in out
+    assert (tmp_path / "demo" / "evaluation" / "evaluation.json").is_file()
     assert (tmp_path / "demo" / "affinities.png").stat().st_size > 10_000
     assert (tmp_path / "demo" / "model.pt").is_file()
 
