@@ -133,7 +133,8 @@ def agglomerate(
     fill: bool = True,
 ) -> dict[float, np.ndarray]:
     """One segmentation per threshold (sorted), by waterz over the fragments; with `fill`,
-    boundary voxels are then given to neighbouring segments (`fill_boundaries`)."""
+    boundary voxels (0) go to the fragment they are least separated from, and so to its
+    segment (`fill_boundaries`)."""
     import waterz
 
     _check_affinities(affs)
@@ -144,8 +145,12 @@ def agglomerate(
     ids, consecutive = np.unique(fragments, return_inverse=True)
     consecutive = consecutive.reshape(fragments.shape).astype(np.uint64)
     if ids[0] != 0:
-        consecutive += 1
+        consecutive += 1  # keep 0 for boundary voxels only
     thresholds = sorted(float(t) for t in thresholds)
+    # boundary voxels are assigned to fragments once; each threshold then only maps
+    # fragments to segments (one watershed instead of one per threshold)
+    filled = fill_boundaries(consecutive, affs) if fill else consecutive
+    labelled = consecutive > 0
     results = {}
     with quiet_stdout():
         for threshold, segmentation in zip(
@@ -153,14 +158,14 @@ def agglomerate(
             waterz.agglomerate(
                 affs,
                 thresholds,
-                fragments=np.ascontiguousarray(consecutive),
+                fragments=consecutive.copy(),  # waterz agglomerates in place
                 scoring_function=scoring_function(merge_function),
                 discretize_queue=256,
             ),
         ):
-            results[threshold] = segmentation.copy()
-    if fill:
-        results = {t: fill_boundaries(seg, affs) for t, seg in results.items()}
+            fragment_to_segment = np.zeros(int(consecutive.max()) + 1, dtype=np.uint64)
+            fragment_to_segment[consecutive[labelled]] = segmentation[labelled]
+            results[threshold] = fragment_to_segment[filled]
     return results
 
 
