@@ -23,7 +23,7 @@ def evaluate_volume(
     labels = open_array(container, labels_dataset)
     prefix = f"volumes/segmentation/{merge_function}/"
     datasets = sorted(
-        (d for d in list_datasets(container) if d.startswith(prefix) and ".partial-" not in d),
+        (d for d in list_datasets(container) if d.startswith(prefix) and "/." not in d),
         key=lambda d: float(d.removeprefix(prefix)),
     )
     if not datasets:

@@ -98,13 +98,11 @@ def predict_volume(
     0..255. Each dataset records the model file, its iteration and config fingerprint.
     Everything is checked and computed before anything is written; each dataset is
     written beside its final place and renamed in, so a failure loses nothing."""
-    import os
-    import shutil
     from pathlib import Path
 
     from .checkpoints import load_model
     from .config import check_voxel_size
-    from .volumes import create_array, intensity_stats, open_array
+    from .volumes import intensity_stats, open_array, write_array
 
     container = Path(container)
     output = Path(output) if output else container
@@ -131,17 +129,8 @@ def predict_volume(
     }
     written = {}
     for name, data in zip(model.outputs, outputs):
-        dataset = f"volumes/pred_{name}"
-        partial = f"volumes/.pred_{name}.partial-{os.getpid()}"
         values = np.round(data * 255).astype(np.uint8) if dtype == "uint8" else data.astype(np.float32)
-        array = create_array(
-            output, partial, raw_array.roi, raw_array.voxel_size, values.dtype,
-            num_channels=values.shape[0], chunk_shape=(64, 64, 64), attrs=attrs,
+        written[name] = write_array(
+            output, f"volumes/pred_{name}", raw_array.roi, raw_array.voxel_size, values, attrs
         )
-        array[array.roi] = values
-        final = output / dataset
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(output / partial, final)
-        written[name] = final
     return written

@@ -181,12 +181,10 @@ def segment_volume(
     """Segment a volume's affinities in memory: `volumes/fragments` and
     `volumes/segmentation/<merge_function>/<threshold>`, all with the affinities' ROI.
 
-    The affinities are checked (present, 3+ channels, finite) before anything is written;
-    each dataset is written beside its place and renamed in."""
-    import shutil
+    The affinities are checked (present, 3+ channels, finite) before anything is written."""
     from pathlib import Path
 
-    from .volumes import VolumeError, create_array, open_array
+    from .volumes import VolumeError, open_array, write_array
 
     container = Path(container)
     affs_array = open_array(container, affs_dataset)
@@ -207,17 +205,8 @@ def segment_volume(
     outputs = {"volumes/fragments": fragments}
     for threshold, segmentation in segmentations.items():
         outputs[f"volumes/segmentation/{merge_function}/{threshold:g}"] = segmentation
-    written = {}
-    for dataset, data in outputs.items():
-        partial = f"{dataset}.partial-{os.getpid()}"
-        array = create_array(
-            container, partial, affs_array.roi, affs_array.voxel_size, np.uint64,
-            chunk_shape=(64, 64, 64), attrs=attrs,
-        )
-        array[array.roi] = data
-        final = container / dataset
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(container / partial, final)
-        written[dataset] = final
+    written = {
+        dataset: write_array(container, dataset, affs_array.roi, affs_array.voxel_size, data, attrs)
+        for dataset, data in outputs.items()
+    }
     return {"fragments": fragments, "segmentations": segmentations, "written": written}

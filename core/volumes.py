@@ -8,6 +8,7 @@ file, the dataset and what was expected.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +135,36 @@ def _intensity_scale(dtype) -> float:
 def normalization_factor(dtype) -> float:
     """The factor gunpowder's Normalize applies: integer data to [0, 1]."""
     return 1.0 / _intensity_scale(dtype)
+
+
+def write_array(
+    container: str | os.PathLike,
+    dataset: str,
+    roi: Roi,
+    voxel_size: Coordinate,
+    data: np.ndarray,
+    attrs: dict | None = None,
+    chunk_shape: tuple[int, int, int] = (64, 64, 64),
+) -> Path:
+    """Write `data` ((c,) z, y, x) as `container/dataset` covering `roi`, all or nothing.
+
+    The array is written under a hidden name beside its place and renamed in, so a
+    failure never leaves a half-written dataset and a replaced one is never lost early."""
+    container = Path(container)
+    final = container / dataset
+    parent = final.parent.relative_to(container)
+    partial = f"{parent}/.{final.name}.partial-{os.getpid()}"
+    try:
+        array = create_array(
+            container, partial, roi, voxel_size, data.dtype,
+            num_channels=data.shape[0] if data.ndim == 4 else None,
+            chunk_shape=chunk_shape, attrs=attrs,
+        )
+        array[array.roi] = data
+    except BaseException:
+        shutil.rmtree(container / partial, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(container / partial, final)
+    return final
