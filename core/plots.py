@@ -44,32 +44,26 @@ def plot_training_log(log_csv: str | os.PathLike, out: str | os.PathLike | None 
     return out
 
 
-def plot_affinity_slices(
-    raw: np.ndarray,
-    labels: np.ndarray,
-    predicted_affs: np.ndarray,
-    out: str | os.PathLike,
-    title: str = "",
-    n_slices: int = 3,
-) -> Path:
-    """Rows of z-slices: raw | ground-truth labels | predicted boundaries (1 - mean affinity)."""
+def _label_colours(ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A random RGB colour per id (black for 0), stable for a given set of ids."""
+    _, inverse = np.unique(ids, return_inverse=True)
+    palette = np.random.default_rng(seed).random((inverse.max() + 1, 3))
+    rgb = palette[inverse.reshape(ids.shape)]
+    rgb[ids == 0] = 0
+    return rgb
+
+
+def _slice_panels(raw: np.ndarray, columns, out, title: str, n_slices: int) -> Path:
+    """Rows of z-slices; `columns` is a list of (title, draw(ax, z)) after a raw column."""
     out = Path(out)
     zs = np.linspace(raw.shape[0] * 0.2, raw.shape[0] * 0.8, n_slices).astype(int)
-    affs = predicted_affs.astype(np.float32)
-    if affs.max() > 1.0:
-        affs = affs / 255.0
-    boundary = 1.0 - affs.mean(axis=0)
-    rng = np.random.default_rng(0)
-    colors = rng.random((int(labels.max()) + 1, 3))
-    colors[0] = 0
-    fig, axes = plt.subplots(n_slices, 3, figsize=(12, 2.2 * n_slices), squeeze=False)
+    columns = [("raw", lambda ax, z: ax.imshow(raw[z], cmap="gray")), *columns]
+    fig, axes = plt.subplots(n_slices, len(columns), figsize=(4 * len(columns), 2.2 * n_slices), squeeze=False)
     for row, z in enumerate(zs):
-        axes[row, 0].imshow(raw[z], cmap="gray")
-        axes[row, 1].imshow(raw[z], cmap="gray")
-        axes[row, 1].imshow(colors[labels[z].astype(np.int64)], alpha=0.5)
-        axes[row, 2].imshow(boundary[z], cmap="magma", vmin=0, vmax=1)
+        for col, (_, draw) in enumerate(columns):
+            draw(axes[row, col], z)
         axes[row, 0].set_ylabel(f"z = {z}")
-    for col, name in enumerate(("raw", "ground truth", "predicted boundaries (1 - affinity)")):
+    for col, (name, _) in enumerate(columns):
         axes[0, col].set_title(name)
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -80,6 +74,34 @@ def plot_affinity_slices(
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def _overlay(raw: np.ndarray, labels: np.ndarray):
+    def draw(ax, z):
+        ax.imshow(raw[z], cmap="gray")
+        ax.imshow(_label_colours(labels[z]), alpha=0.5)
+
+    return draw
+
+
+def plot_affinity_slices(
+    raw: np.ndarray,
+    labels: np.ndarray,
+    predicted_affs: np.ndarray,
+    out: str | os.PathLike,
+    title: str = "",
+    n_slices: int = 3,
+) -> Path:
+    """Rows of z-slices: raw | ground-truth labels | predicted boundaries (1 - mean affinity)."""
+    affs = predicted_affs.astype(np.float32)
+    if affs.max() > 1.0:
+        affs = affs / 255.0
+    boundary = 1.0 - affs.mean(axis=0)
+    columns = [
+        ("ground truth", _overlay(raw, labels)),
+        ("predicted boundaries (1 - affinity)", lambda ax, z: ax.imshow(boundary[z], cmap="magma", vmin=0, vmax=1)),
+    ]
+    return _slice_panels(raw, columns, out, title, n_slices)
 
 
 def plot_voi_vs_threshold(rows: list[dict], out: str | os.PathLike, title: str = "") -> Path:
@@ -103,32 +125,5 @@ def plot_voi_vs_threshold(rows: list[dict], out: str | os.PathLike, title: str =
 
 def plot_segmentation_slices(raw, labels, segmentation, out, title: str = "", n_slices: int = 3) -> Path:
     """Rows of z-slices: raw | ground truth overlay | segmentation overlay."""
-    out = Path(out)
-    zs = np.linspace(raw.shape[0] * 0.2, raw.shape[0] * 0.8, n_slices).astype(int)
-    rng = np.random.default_rng(0)
-
-    def colour(ids):
-        _, inverse = np.unique(ids, return_inverse=True)
-        palette = rng.random((inverse.max() + 1, 3))
-        rgb = palette[inverse.reshape(ids.shape)]
-        rgb[ids == 0] = 0
-        return rgb
-
-    fig, axes = plt.subplots(n_slices, 3, figsize=(12, 2.2 * n_slices), squeeze=False)
-    for row, z in enumerate(zs):
-        axes[row, 0].imshow(raw[z], cmap="gray")
-        for col, ids in ((1, labels[z]), (2, segmentation[z])):
-            axes[row, col].imshow(raw[z], cmap="gray")
-            axes[row, col].imshow(colour(ids), alpha=0.5)
-        axes[row, 0].set_ylabel(f"z = {z}")
-    for col, name in enumerate(("raw", "ground truth", "segmentation")):
-        axes[0, col].set_title(name)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    columns = [("ground truth", _overlay(raw, labels)), ("segmentation", _overlay(raw, segmentation))]
+    return _slice_panels(raw, columns, out, title, n_slices)
