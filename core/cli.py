@@ -37,7 +37,7 @@ def cmd_config_show(args) -> int:
     print(f"# {config.name}: {config.description}")
     print(f"# source: {config.source}")
     print(f"# fingerprint: {config.fingerprint()}")
-    for section in ("data", "model", "training", "prediction", "segmentation"):
+    for section in ("data", "model", "training", "prediction", "segmentation", "blockwise"):
         print(f"\n[{section}]")
         values = getattr(config, section).model_dump(mode="json")
         if section == "training":

@@ -216,7 +216,36 @@ class SegmentationConfig(_Strict):
     merge_function: str = "hist_quant_50"
     fragments_in_xy: bool | None = None
     min_seed_distance: int = 10
-    epsilon_agglomerate: float = 0.0
+    filter_fragments: float = Field(0.0, ge=0, le=1, description="drop fragments with a lower mean affinity")
+
+
+class BlockwiseConfig(_Strict):
+    """Large volumes with daisy: block geometry in nm (so it means the same at any
+    resolution), workers, retries and where the region graph lives."""
+
+    block_size_nm: Vec3 | None = Field(
+        None, description="segmentation write block in nm; default 64 voxels per axis"
+    )
+    context_nm: Vec3 | None = Field(
+        None, description="read margin per side for segmentation blocks; default 8 voxels per axis"
+    )
+    prediction_tiles: Vec3 = Field(
+        (1, 1, 1), description="prediction block = this many network output tiles per axis"
+    )
+    workers: int = Field(2, gt=0)
+    retries: int = Field(2, ge=0)
+    block_timeout_s: float = Field(600.0, gt=0)
+    launcher: str | None = Field(
+        None,
+        description="shell template starting one worker on a cluster, with {command}; "
+        "e.g. 'sbatch --wait --gres=gpu:1 --wrap {command}'. Default: local processes",
+    )
+    graph: str | None = Field(
+        None, description="graph store URL; default sqlite:///<volume>.graph.db beside the Zarr"
+    )
+    mask_dataset: str | None = Field(
+        None, description="prediction skips blocks where this mask dataset is all zero"
+    )
 
 
 class LsdflowConfig(_Strict):
@@ -229,6 +258,7 @@ class LsdflowConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     prediction: PredictionConfig = PredictionConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
+    blockwise: BlockwiseConfig = BlockwiseConfig()
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> LsdflowConfig:
@@ -242,6 +272,15 @@ class LsdflowConfig(_Strict):
                         f"the network; nearest valid {AXES[axis]} sizes: "
                         f"{geometry.nearest_valid_sizes(axis, size)}"
                     )
+        vs = self.data.voxel_size
+        for name in ("block_size_nm", "context_nm"):
+            value = getattr(self.blockwise, name)
+            if value is not None and any(x % v or x < 0 for x, v in zip(value, vs)):
+                raise ValueError(
+                    f"blockwise.{name} {tuple(value)} must be a multiple of data.voxel_size {tuple(vs)}"
+                )
+        if self.blockwise.block_size_nm is not None and 0 in self.blockwise.block_size_nm:
+            raise ValueError("blockwise.block_size_nm must be positive in every axis")
         names = self.model.outputs
         missing = [n for n in names if n not in self.training.loss_weights]
         if missing:
@@ -256,6 +295,14 @@ class LsdflowConfig(_Strict):
         """(input, output) shape in voxels used for prediction."""
         shape = self.prediction.input_shape or self.model.input_shape
         return shape, self.model.geometry.output_shape(shape)  # type: ignore[return-value]
+
+    @property
+    def segmentation_blocks_nm(self) -> tuple[Vec3, Vec3]:
+        """(block size, context) in nm for the segmentation stages."""
+        vs = self.data.voxel_size
+        block = self.blockwise.block_size_nm or tuple(64 * v for v in vs)
+        context = self.blockwise.context_nm or tuple(8 * v for v in vs)
+        return tuple(block), tuple(context)  # type: ignore[return-value]
 
     @property
     def augment(self) -> AugmentConfig:

@@ -1,0 +1,365 @@
+"""Segmentation of large volumes block by block: fragments → agglomerate → find segments
+→ relabel, each stage a `process_block` for the one runner in `blockwise.py`.
+
+- fragments: watershed in each block with context, cropped to the block; ids are unique
+  across blocks (block index × voxels per block + a local id); one node per fragment
+  (center in nm, size) in the graph store.
+- agglomerate: waterz in each block with context over the fragments, up to threshold 1
+  so that any threshold can be chosen later; every region-graph edge owned by the block
+  (its smaller fragment id lies in the block) gets the score at which waterz joined its
+  fragments (`merge_history.py`), NaN if never.
+- find segments: connected components per threshold over the whole graph → LUTs.
+- relabel: LUT applied to the fragments, boundary voxels filled per block with context.
+
+Stages are keyed on what they depend on (see `staged_arrays.py`): a rerun with the same
+inputs resumes where it stopped; new inputs recompute, keeping the old result until the
+new one is complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from .blockwise import RunSettings, Stage, block_index, run_stage
+from .find_segments import apply_lut, read_lut, segment_luts, write_luts
+from .graphstore import Edges, Nodes, default_graph_url, open_graph_store, sample_name
+from .merge_history import edge_merge_scores
+from .segment import as_float_affinities, fill_boundaries, fragments_from_affinities, quiet_stdout, scoring_function
+from .staged_arrays import OutputArray, StagedArrays, stage_key
+from .volumes import VolumeError, dataset_fingerprint, open_array
+
+CODE_VERSION = "blockwise-segment-1"  # bump when a stage's results change
+
+
+def _crop(write_roi: Roi, read_roi: Roi, voxel_size: Coordinate) -> tuple[slice, ...]:
+    begin = (write_roi.begin - read_roi.begin) / voxel_size
+    return tuple(slice(b, b + s) for b, s in zip(begin, write_roi.shape / voxel_size))
+
+
+class _BlockWorker:
+    """Opens its arrays and graph store on the first block of each worker process."""
+
+    def __init__(self):
+        self._open = False
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for name in list(state):
+            if name.startswith("_h_"):
+                del state[name]
+        state["_open"] = False
+        return state
+
+    def _setup(self) -> None:
+        raise NotImplementedError
+
+    def __call__(self, block) -> None:
+        if not self._open:
+            self._setup()
+            self._open = True
+        self.process(block)
+
+
+class FragmentsBlock(_BlockWorker):
+    def __init__(self, container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size,
+                 fragments_in_xy, min_seed_distance, filter_fragments):
+        super().__init__()
+        self.container = str(container)
+        self.affs_dataset = affs_dataset
+        self.fragments_dataset = fragments_dataset
+        self.graph_url = graph_url
+        self.sample = sample
+        self.total_roi = total_roi
+        self.block_size = Coordinate(block_size)
+        self.fragments_in_xy = fragments_in_xy
+        self.min_seed_distance = min_seed_distance
+        self.filter_fragments = filter_fragments
+
+    def _setup(self):
+        self._h_affs = open_array(self.container, self.affs_dataset)
+        self._h_fragments = open_array(self.container, self.fragments_dataset, mode="r+")
+        self._h_store = open_graph_store(self.graph_url, self.sample)
+
+    def process(self, block):
+        vs = self._h_affs.voxel_size
+        affs = self._h_affs.to_ndarray(block.read_roi, fill_value=0)
+        affs = as_float_affinities(affs[:3])
+        if not np.isfinite(affs).all():
+            raise VolumeError(f"{self.container}/{self.affs_dataset}: NaN or infinite affinities in {block.read_roi}")
+        fragments = fragments_from_affinities(
+            affs, self.fragments_in_xy, self.min_seed_distance, self.filter_fragments
+        )[_crop(block.write_roi, block.read_roi, vs)]
+        index = block_index(block.write_roi, self.total_roi, self.block_size)
+        ids, local = np.unique(fragments, return_inverse=True)
+        local = local.reshape(fragments.shape).astype(np.uint64)
+        if ids[0] != 0:
+            local += 1
+        base = np.uint64(index) * np.uint64(np.prod(self.block_size / vs))
+        unique_ids = np.where(local > 0, local + base, 0).astype(np.uint64)
+        self._h_fragments[block.write_roi] = unique_ids
+        # nodes: size and center (nm) of every fragment in the block
+        labelled = local > 0
+        n = int(local.max())
+        flat = local[labelled].astype(np.int64)
+        sizes = np.bincount(flat, minlength=n + 1)[1:]
+        coordinates = np.nonzero(labelled)
+        centers = np.stack(
+            [np.bincount(flat, weights=c, minlength=n + 1)[1:] for c in coordinates], axis=1
+        ) / np.maximum(sizes, 1)[:, None]
+        centers = centers * np.array(vs) + np.array(block.write_roi.begin)
+        node_ids = np.arange(1, n + 1, dtype=np.uint64) + base
+        self._h_store.write_nodes(index, Nodes(node_ids, centers, sizes.astype(np.int64)))
+
+
+class AgglomerateBlock(_BlockWorker):
+    def __init__(self, container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size,
+                 merge_function):
+        super().__init__()
+        self.container = str(container)
+        self.affs_dataset = affs_dataset
+        self.fragments_dataset = fragments_dataset
+        self.graph_url = graph_url
+        self.sample = sample
+        self.total_roi = total_roi
+        self.block_size = Coordinate(block_size)
+        self.merge_function = merge_function
+
+    def _setup(self):
+        self._h_affs = open_array(self.container, self.affs_dataset)
+        self._h_fragments = open_array(self.container, self.fragments_dataset)
+        self._h_store = open_graph_store(self.graph_url, self.sample)
+
+    def process(self, block):
+        import waterz
+
+        vs = self._h_affs.voxel_size
+        index = block_index(block.write_roi, self.total_roi, self.block_size)
+        affs = as_float_affinities(self._h_affs.to_ndarray(block.read_roi, fill_value=0)[:3])
+        fragments = self._h_fragments.to_ndarray(block.read_roi, fill_value=0)
+        owned = np.unique(fragments[_crop(block.write_roi, block.read_roi, vs)])
+        owned = owned[owned != 0]
+        edges = Edges.empty()
+        if len(owned):
+            ids, consecutive = np.unique(fragments, return_inverse=True)
+            consecutive = consecutive.reshape(fragments.shape).astype(np.uint64)
+            shift = 1 if ids[0] != 0 else 0
+            consecutive += np.uint64(shift)
+            # consecutive label -> original id
+            original = np.concatenate([[0], ids]) if shift else ids
+            merges = []
+            rag = []
+            with quiet_stdout():
+                for i, (_, history, region_graph) in enumerate(
+                    waterz.agglomerate(
+                        affs, [0.0, 1.0], fragments=consecutive, scoring_function=scoring_function(self.merge_function),
+                        discretize_queue=256, return_merge_history=True, return_region_graph=True,
+                    )
+                ):
+                    if i == 0:  # the region graph before any merge
+                        rag = [(e["u"], e["v"]) for e in region_graph]
+                    merges.extend((m["a"], m["b"], m["score"]) for m in history)
+            if rag:
+                rag_array = np.array(rag, dtype=np.int64)
+                scores = edge_merge_scores(rag_array[:, 0], rag_array[:, 1], merges)
+                u = original[rag_array[:, 0]].astype(np.uint64)
+                v = original[rag_array[:, 1]].astype(np.uint64)
+                u, v = np.minimum(u, v), np.maximum(u, v)
+                keep = (u != 0) & np.isin(u, owned)
+                edges = Edges(u[keep], v[keep], scores[keep])
+        self._h_store.write_edges(self.merge_function, index, edges)
+
+
+class RelabelBlock(_BlockWorker):
+    def __init__(self, container, affs_dataset, fragments_dataset, luts: dict[float, str], outputs: dict[float, str]):
+        super().__init__()
+        self.container = str(container)
+        self.affs_dataset = affs_dataset
+        self.fragments_dataset = fragments_dataset
+        self.luts = luts
+        self.outputs = outputs
+
+    def _setup(self):
+        self._h_affs = open_array(self.container, self.affs_dataset)
+        self._h_fragments = open_array(self.container, self.fragments_dataset)
+        self._h_luts = {t: read_lut(path) for t, path in self.luts.items()}
+        self._h_outputs = {t: open_array(self.container, d, mode="r+") for t, d in self.outputs.items()}
+
+    def process(self, block):
+        vs = self._h_affs.voxel_size
+        fragments = self._h_fragments.to_ndarray(block.read_roi, fill_value=0)
+        affs = self._h_affs.to_ndarray(block.read_roi, fill_value=0)[:3]
+        # fill on consecutive labels: scikit-image's watershed wants small marker values
+        ids, local = np.unique(fragments, return_inverse=True)
+        local = local.reshape(fragments.shape)
+        if ids[0] != 0:
+            ids, local = np.concatenate([[0], ids]).astype(np.uint64), local + 1
+        filled = ids[fill_boundaries(local, affs)[_crop(block.write_roi, block.read_roi, vs)]]
+        for threshold, output in self._h_outputs.items():
+            output[block.write_roi] = apply_lut(filled, *self._h_luts[threshold])
+
+
+def _check_affinities_dataset(container: Path, dataset: str):
+    affs = open_array(container, dataset)
+    if len(affs.shape) != 4 or affs.shape[0] < 3:
+        raise VolumeError(
+            f"{container}/{dataset}: expected affinities (3 channels, z, y, x), found shape {tuple(affs.shape)}"
+        )
+    return affs
+
+
+def segment_blockwise(
+    config,
+    container,
+    affs_dataset: str = "volumes/pred_affs",
+    graph_url: str | None = None,
+    thresholds: Sequence[float] | None = None,
+    settings: RunSettings | None = None,
+) -> dict:
+    """fragments → agglomerate → find segments → relabel for a volume of any size.
+
+    Writes `volumes/fragments`, the region graph (nodes + edges for the merge function),
+    `luts/<merge_function>/<threshold>.npz` and `volumes/segmentation/<merge_function>/<threshold>`
+    in `container`. Returns per-stage summaries and the written datasets."""
+    container = Path(container).resolve()
+    seg = config.segmentation
+    bw = config.blockwise
+    settings = settings or RunSettings(bw.workers, bw.retries, bw.block_timeout_s, bw.launcher)
+    thresholds = sorted(float(t) for t in (thresholds or seg.thresholds))
+    merge_function = seg.merge_function
+    scoring_function(merge_function)  # unknown names fail before any work
+    fragments_in_xy = seg.fragments_in_xy if seg.fragments_in_xy is not None else config.data.is_anisotropic
+    affs = _check_affinities_dataset(container, affs_dataset)
+    roi, vs = affs.roi, affs.voxel_size
+    block_nm, context_nm = config.segmentation_blocks_nm
+    block_size, context = Coordinate(block_nm), Coordinate(context_nm)
+    if any(b % v for b, v in zip(block_size, vs)) or any(c % v for c, v in zip(context, vs)):
+        raise VolumeError(
+            f"{container}/{affs_dataset}: voxel size {tuple(vs)} nm does not divide the block size "
+            f"{tuple(block_size)} / context {tuple(context)} nm of the config"
+        )
+    chunk_shape = tuple(block_size / vs)
+    graph_url = graph_url or bw.graph or default_graph_url(container)
+    sample = sample_name(container)
+    store = open_graph_store(graph_url, sample)
+    summaries = {}
+    geometry = {"block": tuple(block_size), "context": tuple(context), "roi": str(roi)}
+
+    # fragments
+    fragments_key = stage_key(
+        stage="fragments", code=CODE_VERSION, affs=dataset_fingerprint(container, affs_dataset),
+        fragments_in_xy=fragments_in_xy, min_seed_distance=seg.min_seed_distance,
+        filter_fragments=seg.filter_fragments, **geometry,
+    )
+    fragments = StagedArrays(
+        container,
+        [OutputArray("volumes/fragments", roi, vs, "uint64", chunk_shape,
+                     attrs={"affinities": f"{container}/{affs_dataset}", "graph": _public(graph_url)})],
+        fragments_key,
+    )
+    if store.get_meta("fragments_key") != fragments_key or not fragments.complete():
+        if store.get_meta("fragments_key") != fragments_key:
+            store.clear_nodes()
+            for mf in store.merge_functions():
+                store.clear_edges(mf)
+            store.set_meta("fragments_key", fragments_key)
+            shutil.rmtree(container / fragments.partial(fragments.outputs[0]), ignore_errors=True)
+        partials = fragments.prepare()
+        stage = Stage(
+            "fragments", roi, block_size, context,
+            FragmentsBlock(container, affs_dataset, partials["volumes/fragments"], graph_url, sample, roi,
+                           block_size, fragments_in_xy, seg.min_seed_distance, seg.filter_fragments),
+            fragments.tracking_dir,
+            log_dir=container / ".lsdflow" / "logs" / "fragments",
+        )
+        summaries["fragments"] = run_stage(stage, settings)
+        fragments.commit()
+    else:
+        summaries["fragments"] = {"stage": "fragments", "up_to_date": True}
+
+    # agglomerate
+    edges_key = stage_key(stage="agglomerate", code=CODE_VERSION, fragments=fragments_key,
+                          merge_function=merge_function, **geometry)
+    tracking = container / ".lsdflow" / f"agglomerate-{merge_function}-{edges_key}"
+    if store.get_meta(f"edges_complete/{merge_function}") != edges_key:
+        if store.get_meta(f"edges_key/{merge_function}") != edges_key:
+            store.clear_edges(merge_function)
+            shutil.rmtree(tracking, ignore_errors=True)
+            store.set_meta(f"edges_key/{merge_function}", edges_key)
+        for stale in tracking.parent.glob(f"agglomerate-{merge_function}-*"):
+            if stale != tracking:
+                shutil.rmtree(stale, ignore_errors=True)
+        stage = Stage(
+            "agglomerate", roi, block_size, context,
+            AgglomerateBlock(container, affs_dataset, "volumes/fragments", graph_url, sample, roi, block_size,
+                             merge_function),
+            tracking,
+            log_dir=container / ".lsdflow" / "logs" / "agglomerate",
+        )
+        summaries["agglomerate"] = run_stage(stage, settings)
+        store.set_meta(f"edges_complete/{merge_function}", edges_key)
+        shutil.rmtree(tracking, ignore_errors=True)
+    else:
+        summaries["agglomerate"] = {"stage": "agglomerate", "up_to_date": True}
+
+    # find segments
+    import time
+
+    start = time.perf_counter()
+    nodes = store.read_nodes()
+    edges = store.read_edges(merge_function)
+    luts = segment_luts(nodes.ids, edges.u, edges.v, edges.merge_score, thresholds)
+    lut_paths = write_luts(container / "luts" / merge_function, nodes.ids, luts, key=edges_key)
+    summaries["find_segments"] = {
+        "stage": "find_segments", "nodes": len(nodes), "edges": len(edges),
+        "segments": {t: int(lut.max(initial=0)) for t, lut in luts.items()},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    store.close()
+
+    # relabel
+    outputs = [
+        OutputArray(
+            f"volumes/segmentation/{merge_function}/{t:g}", roi, vs, "uint64", chunk_shape,
+            attrs={"threshold": t, "merge_function": merge_function, "lut": str(lut_paths[t]),
+                   "fragments": f"{container}/volumes/fragments", "graph": _public(graph_url)},
+            key=stage_key(stage="relabel", code=CODE_VERSION, edges=edges_key, threshold=t, **geometry),
+        )
+        for t in thresholds
+    ]
+    missing = [o for o in outputs if not StagedArrays(container, [o], o.key).complete()]
+    if missing:
+        relabel = StagedArrays(container, missing, stage_key(keys=[o.key for o in missing]))
+        partials = relabel.prepare()
+        stage = Stage(
+            "relabel", roi, block_size, context,
+            RelabelBlock(container, affs_dataset, "volumes/fragments",
+                         {float(o.attrs["threshold"]): str(lut_paths[o.attrs["threshold"]]) for o in missing},
+                         {float(o.attrs["threshold"]): partials[o.dataset] for o in missing}),
+            relabel.tracking_dir,
+            log_dir=container / ".lsdflow" / "logs" / "relabel",
+        )
+        summaries["relabel"] = run_stage(stage, settings)
+        relabel.commit()
+    else:
+        summaries["relabel"] = {"stage": "relabel", "up_to_date": True}
+    return {
+        "graph": _public(graph_url),
+        "stages": summaries,
+        "fragments": container / "volumes/fragments",
+        "luts": lut_paths,
+        "segmentations": {t: container / f"volumes/segmentation/{merge_function}/{t:g}" for t in thresholds},
+    }
+
+
+def _public(url: str) -> str:
+    from .graphstore import redact
+
+    return redact(url)
+
+
+__all__ = ["AgglomerateBlock", "FragmentsBlock", "RelabelBlock", "segment_blockwise"]
