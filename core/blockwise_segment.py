@@ -87,13 +87,15 @@ class FragmentsBlock(_BlockWorker):
 
     def process(self, block):
         vs = self._h_affs.voxel_size
-        affs = self._h_affs.to_ndarray(block.read_roi, fill_value=0)
-        affs = as_float_affinities(affs[:3])
+        # only the data that exists: padding would put a boundary at the volume's faces
+        # that the in-memory path does not see
+        read_roi = block.read_roi.intersect(self._h_affs.roi)
+        affs = as_float_affinities(self._h_affs[read_roi][:3])
         if not np.isfinite(affs).all():
-            raise VolumeError(f"{self.container}/{self.affs_dataset}: NaN or infinite affinities in {block.read_roi}")
+            raise VolumeError(f"{self.container}/{self.affs_dataset}: NaN or infinite affinities in {read_roi}")
         fragments = fragments_from_affinities(
             affs, self.fragments_in_xy, self.min_seed_distance, self.filter_fragments
-        )[_crop(block.write_roi, block.read_roi, vs)]
+        )[_crop(block.write_roi, read_roi, vs)]
         index = block_index(block.write_roi, self.total_roi, self.block_size)
         ids, local = np.unique(fragments, return_inverse=True)
         local = local.reshape(fragments.shape).astype(np.uint64)
@@ -139,9 +141,10 @@ class AgglomerateBlock(_BlockWorker):
 
         vs = self._h_affs.voxel_size
         index = block_index(block.write_roi, self.total_roi, self.block_size)
-        affs = as_float_affinities(self._h_affs.to_ndarray(block.read_roi, fill_value=0)[:3])
-        fragments = self._h_fragments.to_ndarray(block.read_roi, fill_value=0)
-        owned = np.unique(fragments[_crop(block.write_roi, block.read_roi, vs)])
+        read_roi = block.read_roi.intersect(self._h_affs.roi)
+        affs = as_float_affinities(self._h_affs[read_roi][:3])
+        fragments = self._h_fragments[read_roi]
+        owned = np.unique(fragments[_crop(block.write_roi, read_roi, vs)])
         owned = owned[owned != 0]
         edges = Edges.empty()
         if len(owned):
@@ -191,14 +194,15 @@ class RelabelBlock(_BlockWorker):
 
     def process(self, block):
         vs = self._h_affs.voxel_size
-        fragments = self._h_fragments.to_ndarray(block.read_roi, fill_value=0)
-        affs = self._h_affs.to_ndarray(block.read_roi, fill_value=0)[:3]
+        read_roi = block.read_roi.intersect(self._h_affs.roi)
+        fragments = self._h_fragments[read_roi]
+        affs = self._h_affs[read_roi][:3]
         # fill on consecutive labels: scikit-image's watershed wants small marker values
         ids, local = np.unique(fragments, return_inverse=True)
         local = local.reshape(fragments.shape)
         if ids[0] != 0:
             ids, local = np.concatenate([[0], ids]).astype(np.uint64), local + 1
-        filled = ids[fill_boundaries(local, affs)[_crop(block.write_roi, block.read_roi, vs)]]
+        filled = ids[fill_boundaries(local, affs)[_crop(block.write_roi, read_roi, vs)]]
         for threshold, output in self._h_outputs.items():
             output[block.write_roi] = apply_lut(filled, *self._h_luts[threshold])
 
