@@ -95,6 +95,29 @@ def grid_blocks(total_roi: Roi, block_size: Coordinate) -> list[Roi]:
     return rois
 
 
+class BlockProcessor:
+    """Base of every stage's `process_block`: `setup()` opens arrays, models and stores
+    on the first block a worker process gets; attributes named `_h_*` hold those
+    handles and are never pickled."""
+
+    def __getstate__(self):
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_h_")}
+        state["_open"] = False
+        return state
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def process(self, block) -> None:
+        raise NotImplementedError
+
+    def __call__(self, block) -> None:
+        if not getattr(self, "_open", False):
+            self.setup()
+            self._open = True
+        self.process(block)
+
+
 class _LaunchedWorker:
     """A zero-argument daisy worker function: starts one worker through the launcher
     template and waits for it; the started process connects back to this run."""

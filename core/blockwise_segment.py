@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 
-from .blockwise import RunSettings, Stage, block_index, run_stage
+from .blockwise import BlockProcessor, RunSettings, Stage, block_index, run_stage
 from .find_segments import apply_lut, read_lut, segment_luts, write_luts
 from .graphstore import Edges, Nodes, default_graph_url, open_graph_store, sample_name
 from .merge_history import edge_merge_scores
@@ -41,34 +41,9 @@ def _crop(write_roi: Roi, read_roi: Roi, voxel_size: Coordinate) -> tuple[slice,
     return tuple(slice(b, b + s) for b, s in zip(begin, write_roi.shape / voxel_size))
 
 
-class _BlockWorker:
-    """Opens its arrays and graph store on the first block of each worker process."""
-
-    def __init__(self):
-        self._open = False
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        for name in list(state):
-            if name.startswith("_h_"):
-                del state[name]
-        state["_open"] = False
-        return state
-
-    def _setup(self) -> None:
-        raise NotImplementedError
-
-    def __call__(self, block) -> None:
-        if not self._open:
-            self._setup()
-            self._open = True
-        self.process(block)
-
-
-class FragmentsBlock(_BlockWorker):
+class FragmentsBlock(BlockProcessor):
     def __init__(self, container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size,
                  fragments_in_xy, min_seed_distance, filter_fragments):
-        super().__init__()
         self.container = str(container)
         self.affs_dataset = affs_dataset
         self.fragments_dataset = fragments_dataset
@@ -80,7 +55,7 @@ class FragmentsBlock(_BlockWorker):
         self.min_seed_distance = min_seed_distance
         self.filter_fragments = filter_fragments
 
-    def _setup(self):
+    def setup(self):
         self._h_affs = open_array(self.container, self.affs_dataset)
         self._h_fragments = open_array(self.container, self.fragments_dataset, mode="r+")
         self._h_store = open_graph_store(self.graph_url, self.sample)
@@ -118,10 +93,9 @@ class FragmentsBlock(_BlockWorker):
         self._h_store.write_nodes(index, Nodes(node_ids, centers, sizes.astype(np.int64)))
 
 
-class AgglomerateBlock(_BlockWorker):
+class AgglomerateBlock(BlockProcessor):
     def __init__(self, container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size,
                  merge_function):
-        super().__init__()
         self.container = str(container)
         self.affs_dataset = affs_dataset
         self.fragments_dataset = fragments_dataset
@@ -131,7 +105,7 @@ class AgglomerateBlock(_BlockWorker):
         self.block_size = Coordinate(block_size)
         self.merge_function = merge_function
 
-    def _setup(self):
+    def setup(self):
         self._h_affs = open_array(self.container, self.affs_dataset)
         self._h_fragments = open_array(self.container, self.fragments_dataset)
         self._h_store = open_graph_store(self.graph_url, self.sample)
@@ -177,16 +151,15 @@ class AgglomerateBlock(_BlockWorker):
         self._h_store.write_edges(self.merge_function, index, edges)
 
 
-class RelabelBlock(_BlockWorker):
+class RelabelBlock(BlockProcessor):
     def __init__(self, container, affs_dataset, fragments_dataset, luts: dict[float, str], outputs: dict[float, str]):
-        super().__init__()
         self.container = str(container)
         self.affs_dataset = affs_dataset
         self.fragments_dataset = fragments_dataset
         self.luts = luts
         self.outputs = outputs
 
-    def _setup(self):
+    def setup(self):
         self._h_affs = open_array(self.container, self.affs_dataset)
         self._h_fragments = open_array(self.container, self.fragments_dataset)
         self._h_luts = {t: read_lut(path) for t, path in self.luts.items()}

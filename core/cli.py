@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, load_config, shipped_configs
+from .blockwise import BlockwiseError
+from .graphstore import GraphStoreError
 from .volumes import VolumeError
 
 
@@ -109,16 +111,52 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _run_settings(args, config):
+    from .blockwise import RunSettings
+
+    bw = config.blockwise
+    return RunSettings(
+        workers=args.workers or bw.workers, retries=bw.retries, block_timeout_s=bw.block_timeout_s,
+        launcher=bw.launcher, progress=not getattr(args, "quiet", False),
+    )
+
+
+def _print_stage(summary: dict) -> None:
+    if summary.get("up_to_date"):
+        print(f"{summary['stage']:>13}: up to date")
+        return
+    if "blocks" in summary:
+        print(
+            f"{summary['stage']:>13}: {summary['blocks']} blocks, {summary['processed']} processed, "
+            f"{summary['resumed']} resumed, {summary['skipped']} skipped (empty), "
+            f"{summary['workers']} worker(s), {summary['seconds']:.1f} s"
+        )
+    else:
+        print(f"{summary['stage']:>13}: " + ", ".join(f"{k} {v}" for k, v in summary.items() if k != "stage"))
+
+
 def cmd_predict(args) -> int:
     from .predict import predict_volume
     from .volumes import open_array
 
     config = _config(args)
-    written = predict_volume(
-        config, args.volume, model_file=args.model, output=args.output,
-        output_dtype="float32" if args.float32 else None, device=args.device,
-        progress=not args.quiet,
-    )
+    dtype = "float32" if args.float32 else None
+    if args.blockwise:
+        from .blockwise_predict import predict_blockwise
+
+        if args.output:
+            raise ConfigError("--output is not supported with --blockwise: outputs go into the volume's container")
+        result = predict_blockwise(
+            config, args.volume, model_file=args.model, output_dtype=dtype,
+            settings=_run_settings(args, config), device=args.device,
+        )
+        _print_stage(result["stage"])
+        written = {p.name: p for p in result["written"]}
+    else:
+        written = predict_volume(
+            config, args.volume, model_file=args.model, output=args.output,
+            output_dtype=dtype, device=args.device, progress=not args.quiet,
+        )
     for name, path in written.items():
         a = open_array(path.parent.parent, f"volumes/{path.name}")
         print(f"wrote {path}: {a.dtype} shape {tuple(a.shape)} voxel size {tuple(a.voxel_size)} nm offset {tuple(a.offset)} nm")
@@ -130,11 +168,26 @@ def cmd_segment(args) -> int:
 
     config = _config(args)
     seg = config.segmentation
+    if args.blockwise:
+        from .blockwise_segment import segment_blockwise
+
+        result = segment_blockwise(
+            config, args.volume, args.affs, graph_url=args.graph, thresholds=args.thresholds,
+            settings=_run_settings(args, config),
+        )
+        for summary in result["stages"].values():
+            _print_stage(summary)
+        print(f"region graph: {result['graph']}")
+        for threshold, path in result["segmentations"].items():
+            print(f"wrote {path}")
+        return 0
+    if args.graph:
+        raise ConfigError("--graph needs --blockwise (the in-memory path keeps no region graph)")
     fragments_in_xy = seg.fragments_in_xy if seg.fragments_in_xy is not None else config.data.is_anisotropic
     result = segment_volume(
         args.volume, args.affs, thresholds=args.thresholds or seg.thresholds,
         merge_function=seg.merge_function, fragments_in_xy=fragments_in_xy,
-        min_seed_distance=seg.min_seed_distance,
+        min_seed_distance=seg.min_seed_distance, filter_fragments=seg.filter_fragments,
     )
     for dataset in result["written"]:
         print(f"wrote {args.volume}/{dataset}")
@@ -202,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
-    predict = sub.add_parser("predict", help="predict affinities/LSDs for a (small) volume, in memory")
+    predict = sub.add_parser("predict", help="predict affinities/LSDs (in memory, or --blockwise for any size)")
     _add_config_args(predict)
     predict.add_argument("volume", type=Path, help="Zarr container with volumes/raw")
     predict.add_argument("--model", type=Path, help="model file (default: prediction.checkpoint of the config)")
@@ -210,13 +263,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--float32", action="store_true", help="write float32 instead of uint8")
     predict.add_argument("--device", help="torch device (default cuda when available, else cpu)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
+    predict.add_argument("--blockwise", action="store_true", help="block by block with daisy (any volume size)")
+    predict.add_argument("--workers", type=int, help="daisy workers (default blockwise.workers)")
     predict.set_defaults(func=cmd_predict)
 
-    segment = sub.add_parser("segment", help="fragments + waterz agglomeration of a (small) volume, in memory")
+    segment = sub.add_parser("segment", help="fragments + waterz agglomeration (in memory, or --blockwise)")
     _add_config_args(segment)
     segment.add_argument("volume", type=Path, help="Zarr container with predicted affinities")
     segment.add_argument("--affs", default="volumes/pred_affs", help="affinities dataset")
     segment.add_argument("--thresholds", type=float, nargs="+", help="default from the config")
+    segment.add_argument("--blockwise", action="store_true", help="block by block with daisy (any volume size)")
+    segment.add_argument("--graph", help="region graph URL: sqlite:///path.db (default beside the Zarr) or mongodb://host:port/db")
+    segment.add_argument("--workers", type=int, help="daisy workers (default blockwise.workers)")
+    segment.add_argument("--quiet", action="store_true", help="no progress bars")
     segment.set_defaults(func=cmd_segment)
 
     evaluate = sub.add_parser("evaluate", help="VOI and ARAND of every segmentation against the labels")
@@ -243,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ConfigError, VolumeError, FileNotFoundError) as e:
+    except (ConfigError, VolumeError, FileNotFoundError, GraphStoreError, BlockwiseError) as e:
         print(f"lsdflow: error: {e}", file=sys.stderr)
         return 2
 

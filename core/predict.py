@@ -37,22 +37,38 @@ def predict_array(
     """Predict every output of `model` for every voxel of `raw` (already scaled to [0, 1]).
 
     Returns one float32 array (channels, z, y, x) per model output, covering `raw`."""
+    context = tuple((i - o) // 2 for i, o in zip(input_shape, output_shape))
+    shape = raw.shape
+    # a volume smaller than one output tile is predicted in a padded tile and cropped
+    padded_shape = tuple(max(s, o) for s, o in zip(shape, output_shape))
+    # padding value 0 = the volume's mean intensity, as gunpowder's Pad does in training
+    padded = np.zeros(tuple(p + 2 * c for p, c in zip(padded_shape, context)), dtype=np.float32)
+    padded[tuple(slice(c, c + s) for c, s in zip(context, shape))] = (raw.astype(np.float32) - mean) / std
+    outputs = predict_with_context(model, padded, input_shape, output_shape, batch_size, device, progress)
+    crop = (slice(None),) + tuple(slice(0, s) for s in shape)
+    return tuple(o[crop] for o in outputs)
+
+
+def predict_with_context(
+    model: torch.nn.Module,
+    normalized: np.ndarray,
+    input_shape: tuple[int, int, int],
+    output_shape: tuple[int, int, int],
+    batch_size: int = 1,
+    device: str | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, ...]:
+    """Predict the region of `normalized` (z-scored raw) that lies one network context
+    inside its faces; the region must be at least one output tile in every axis."""
     device = device or default_device()
     model = model.to(device).eval()
     input_shape = tuple(input_shape)
     output_shape = tuple(output_shape)
     context = tuple((i - o) // 2 for i, o in zip(input_shape, output_shape))
-    shape = raw.shape
-    # a volume smaller than one output tile is predicted in a padded tile and cropped
-    padded_shape = tuple(max(s, o) for s, o in zip(shape, output_shape))
-    normalized = (raw.astype(np.float32) - mean) / std
-    # padding value 0 = the volume's mean intensity, as gunpowder's Pad does in training
-    padded = np.zeros(tuple(p + 2 * c for p, c in zip(padded_shape, context)), dtype=np.float32)
-    padded[tuple(slice(c, c + s) for c, s in zip(context, shape))] = normalized
-
-    starts = list(
-        itertools.product(*(tile_starts(s, o) for s, o in zip(padded_shape, output_shape)))
-    )
+    region = tuple(s - 2 * c for s, c in zip(normalized.shape, context))
+    if any(r < o for r, o in zip(region, output_shape)):
+        raise ValueError(f"input {normalized.shape} leaves a region {region} smaller than one output tile {output_shape}")
+    starts = list(itertools.product(*(tile_starts(s, o) for s, o in zip(region, output_shape))))
     outputs: list[np.ndarray] | None = None
     bar = None
     if progress:
@@ -63,13 +79,13 @@ def predict_array(
         for b in range(0, len(starts), batch_size):
             batch_starts = starts[b : b + batch_size]
             x = np.stack(
-                [padded[tuple(slice(s, s + i) for s, i in zip(start, input_shape))] for start in batch_starts]
+                [normalized[tuple(slice(s, s + i) for s, i in zip(start, input_shape))] for start in batch_starts]
             )[:, None]
-            result = model(torch.from_numpy(x).to(device))
+            result = model(torch.from_numpy(np.ascontiguousarray(x)).to(device))
             if isinstance(result, torch.Tensor):
                 result = (result,)
             if outputs is None:
-                outputs = [np.zeros((r.shape[1], *padded_shape), dtype=np.float32) for r in result]
+                outputs = [np.zeros((r.shape[1], *region), dtype=np.float32) for r in result]
             for out, r in zip(outputs, result):
                 r = r.float().cpu().numpy()
                 for k, start in enumerate(batch_starts):
@@ -79,8 +95,7 @@ def predict_array(
     if bar is not None:
         bar.close()
     assert outputs is not None
-    crop = (slice(None),) + tuple(slice(0, s) for s in shape)
-    return tuple(o[crop] for o in outputs)
+    return tuple(outputs)
 
 
 def predict_volume(

@@ -1,0 +1,218 @@
+"""Prediction of large volumes block by block (the `predict` stage of the blockwise runner).
+
+Each worker loads the model once, on `cuda:{worker_id % n_gpus}` when GPUs exist, else
+the CPU. A block is a whole number of network output tiles; it reads the raw data with
+the network's context, z-scored with the volume's statistics (like training) and padded
+with the mean outside the volume. Blocks with no raw data (no stored chunks, all zeros,
+or outside the optional mask) are skipped and recorded as skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+
+from .blockwise import BlockProcessor, RunSettings, Stage, grid_blocks, run_stage
+from .staged_arrays import OutputArray, StagedArrays, stage_key
+from .volumes import VolumeError, dataset_fingerprint, intensity_stats, open_array
+
+CODE_VERSION = "blockwise-predict-1"
+
+
+def worker_device() -> str:
+    """`cuda:{worker_id % n_gpus}` for a daisy worker when GPUs exist, else `cpu`."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    worker_id = 0
+    try:
+        import daisy
+
+        worker_id = int(daisy.Context.from_env()["worker_id"])
+    except (KeyError, ValueError, RuntimeError):
+        pass
+    return f"cuda:{worker_id % torch.cuda.device_count()}"
+
+
+class PredictBlock(BlockProcessor):
+    def __init__(self, container, raw_dataset, model_file, outputs: dict[str, str], input_shape, output_shape,
+                 block_size, mean, std, dtype, batch_size, device=None, empty_dir=None):
+        self.container = str(container)
+        self.raw_dataset = raw_dataset
+        self.model_file = str(model_file)
+        self.outputs = outputs  # model output name -> dataset to write
+        self.input_shape = tuple(input_shape)
+        self.output_shape = tuple(output_shape)
+        self.block_size = Coordinate(block_size)
+        self.mean = mean
+        self.std = std
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.device = device
+        self.empty_dir = str(empty_dir) if empty_dir else None
+
+    def setup(self):
+        from .checkpoints import load_model
+
+        self._h_device = self.device or worker_device()
+        self._h_model, _ = load_model(self.model_file, self._h_device)
+        self._h_raw = open_array(self.container, self.raw_dataset)
+        self._h_outputs = {name: open_array(self.container, d, mode="r+") for name, d in self.outputs.items()}
+
+    def process(self, block):
+        from .predict import predict_with_context
+
+        raw_array = self._h_raw
+        vs = raw_array.voxel_size
+        context = Coordinate(i - o for i, o in zip(self.input_shape, self.output_shape)) / 2 * vs
+        # a shrunk block at the volume's far faces is predicted as a whole block and cropped
+        full = Roi(block.write_roi.begin, self.block_size).grow(context, context)
+        inside = full.intersect(raw_array.roi)
+        raw = raw_array[inside] if not inside.empty else np.zeros(0)
+        if not np.any(raw):
+            if self.empty_dir:
+                Path(self.empty_dir).mkdir(parents=True, exist_ok=True)
+                (Path(self.empty_dir) / f"{block.block_id[1]}").touch()
+            return  # outputs keep their fill value 0
+        scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
+        normalized = np.zeros(tuple(full.shape / vs), dtype=np.float32)  # 0 = the mean
+        where = tuple(slice(b, b + s) for b, s in zip((inside.begin - full.begin) / vs, inside.shape / vs))
+        normalized[where] = (raw.astype(np.float32) / scale - self.mean) / self.std
+        results = predict_with_context(
+            self._h_model, normalized, self.input_shape, self.output_shape, self.batch_size, self._h_device
+        )
+        crop = (slice(None),) + tuple(slice(0, s) for s in block.write_roi.shape / vs)
+        for name, data in zip(self._h_model.outputs, results):
+            if name not in self._h_outputs:
+                continue
+            data = data[crop]
+            values = np.round(data * 255).astype(np.uint8) if self.dtype == "uint8" else data.astype(np.float32)
+            self._h_outputs[name][block.write_roi] = values
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def empty_block_mask(raw_array, total_roi: Roi, block_size: Coordinate, mask_array=None) -> np.ndarray:
+    """Per block (grid order, 1 = skip): no raw chunk stored under the block, or the
+    mask is zero everywhere in it. Reads only chunk names (and the mask, usually small)."""
+    store = raw_array._source_data.store
+    path = raw_array._source_data.path
+    separator = raw_array._source_data._dimension_separator or "."
+    prefix = f"{path}/" if path else ""
+    chunks = np.array(raw_array._source_data.chunks)
+    present = set()
+    for key in store.keys() if hasattr(store, "keys") else []:
+        if key.startswith(prefix):
+            name = key[len(prefix):]
+            parts = name.split(separator)
+            if len(parts) == len(chunks) and all(p.isdigit() for p in parts):
+                present.add(tuple(int(p) for p in parts))
+    vs = raw_array.voxel_size
+    grid = tuple(-(-s // b) for s, b in zip(total_roi.shape, block_size))
+    skip = np.zeros(grid, dtype=np.uint8)
+    for position, write_roi in zip(np.ndindex(*grid), grid_blocks(total_roi, block_size)):
+        begin = np.array((write_roi.begin - raw_array.roi.begin) / vs) // chunks
+        end = (np.array((write_roi.end - raw_array.roi.begin) / vs) - 1) // chunks
+        has_data = any(
+            tuple(int(x) for x in np.add(c, begin)) in present for c in np.ndindex(*(end - begin + 1))
+        )
+        if has_data and mask_array is not None:
+            region = write_roi.intersect(mask_array.roi)
+            has_data = not region.empty and bool(np.any(mask_array[region]))
+        skip[position] = 0 if has_data else 1
+    return skip
+
+
+def predict_blockwise(
+    config,
+    container,
+    model_file=None,
+    output_dtype: str | None = None,
+    settings: RunSettings | None = None,
+    device: str | None = None,
+) -> dict:
+    """Predict `volumes/pred_<output>` for the whole raw ROI block by block (see module doc)."""
+    from .checkpoints import load_model
+    from .config import check_voxel_size
+
+    container = Path(container).resolve()
+    bw = config.blockwise
+    settings = settings or RunSettings(bw.workers, bw.retries, bw.block_timeout_s, bw.launcher)
+    model_file = Path(model_file or config.prediction.checkpoint or "")
+    raw = open_array(container, config.data.raw_dataset)
+    check_voxel_size(config, tuple(raw.voxel_size), f"{container}/{config.data.raw_dataset}")
+    model, meta = load_model(model_file)  # a missing or broken model fails before any output
+    mask = open_array(container, bw.mask_dataset) if bw.mask_dataset else None
+    dtype = output_dtype or config.prediction.output_dtype
+    input_shape, output_shape = config.prediction_shapes
+    vs = raw.voxel_size
+    block_voxels = Coordinate(o * t for o, t in zip(output_shape, bw.prediction_tiles))
+    block_size = block_voxels * vs
+    context = Coordinate((i - o) // 2 for i, o in zip(input_shape, output_shape)) * vs
+    mean, std = intensity_stats(raw)
+    attrs = {
+        "model_file": str(model_file.resolve()),
+        "model_iteration": meta.get("iteration"),
+        "model_config_fingerprint": meta.get("config_fingerprint"),
+        "model_kind": model.config.kind,
+        "raw": f"{container}/{config.data.raw_dataset}",
+        "value_scale": 255 if dtype == "uint8" else 1,
+    }
+    probe = {name: channels for name, channels in zip(model.outputs, _output_channels(model, input_shape))}
+    key = stage_key(
+        stage="predict", code=CODE_VERSION, raw=dataset_fingerprint(container, config.data.raw_dataset),
+        model=_file_sha256(model_file), input_shape=input_shape, output_shape=output_shape, dtype=dtype,
+        block=tuple(block_size), mask=bw.mask_dataset,
+    )
+    outputs = [
+        OutputArray(f"volumes/pred_{name}", raw.roi, vs, dtype, tuple(block_voxels), num_channels=channels,
+                    attrs=dict(attrs))
+        for name, channels in probe.items()
+    ]
+    staged = StagedArrays(container, outputs, key)
+    if staged.complete():
+        return {"stage": {"stage": "predict", "up_to_date": True}, "written": [container / o.dataset for o in outputs]}
+    partials = staged.prepare()
+    empty_dir = staged.tracking_dir / "empty"
+    stage = Stage(
+        "predict", raw.roi, block_size, context,
+        PredictBlock(container, config.data.raw_dataset, model_file.resolve(),
+                     {name: partials[f"volumes/pred_{name}"] for name in probe}, input_shape, output_shape,
+                     block_size, mean, std, dtype, config.prediction.batch_size, device, empty_dir),
+        staged.tracking_dir,
+        skip_mask=empty_block_mask(raw, raw.roi, block_size, mask),
+        log_dir=container / ".lsdflow" / "logs" / "predict",
+    )
+    summary = run_stage(stage, settings)
+    empty = len(list(empty_dir.glob("*"))) if empty_dir.exists() else 0
+    summary["processed"] = max(0, summary["processed"] - empty)
+    summary["skipped"] += empty
+    written = staged.commit()
+    return {"stage": summary, "written": written}
+
+
+def _output_channels(model, input_shape) -> list[int]:
+    """Channels of each model output, from a forward on the meta device (no compute)."""
+    import copy
+
+    import torch
+
+    meta_model = copy.deepcopy(model).to("meta")
+    with torch.no_grad():
+        result = meta_model(torch.zeros((1, 1, *input_shape), device="meta"))
+    if isinstance(result, torch.Tensor):
+        result = (result,)
+    return [int(r.shape[1]) for r in result]
+
+
+__all__ = ["PredictBlock", "VolumeError", "empty_block_mask", "predict_blockwise", "worker_device"]
