@@ -28,7 +28,7 @@ from funlib.geometry import Coordinate, Roi
 from .blockwise import BlockProcessor, RunSettings, Stage, block_index, run_stage
 from .find_segments import apply_lut, read_lut, segment_luts, write_luts
 from .graphstore import Edges, Nodes, default_graph_url, open_graph_store, sample_name
-from .merge_history import edge_merge_scores
+from .merge_history import edge_merge_scores, region_adjacency
 from .segment import as_float_affinities, fill_boundaries, fragments_from_affinities, quiet_stdout, scoring_function
 from .staged_arrays import OutputArray, StagedArrays, stage_key
 from .volumes import VolumeError, dataset_fingerprint, open_array
@@ -127,24 +127,22 @@ class AgglomerateBlock(BlockProcessor):
             shift = 1 if ids[0] != 0 else 0
             consecutive += np.uint64(shift)
             # consecutive label -> original id
-            original = np.concatenate([[0], ids]) if shift else ids
-            merges = []
-            rag = []
+            original = np.concatenate([np.zeros(1, np.uint64), ids]) if shift else ids
+            rag = region_adjacency(consecutive)
             with quiet_stdout():
-                for i, (_, history, region_graph) in enumerate(
-                    waterz.agglomerate(
-                        affs, [0.0, 1.0], fragments=consecutive, scoring_function=scoring_function(self.merge_function),
-                        discretize_queue=256, return_merge_history=True, return_region_graph=True,
+                # up to threshold 1: every threshold can be chosen later from the scores
+                history = [
+                    (m["a"], m["b"], m["score"])
+                    for _, merges in waterz.agglomerate(
+                        affs, [1.0], fragments=consecutive, scoring_function=scoring_function(self.merge_function),
+                        discretize_queue=256, return_merge_history=True,
                     )
-                ):
-                    if i == 0:  # the region graph before any merge
-                        rag = [(e["u"], e["v"]) for e in region_graph]
-                    merges.extend((m["a"], m["b"], m["score"]) for m in history)
-            if rag:
-                rag_array = np.array(rag, dtype=np.int64)
-                scores = edge_merge_scores(rag_array[:, 0], rag_array[:, 1], merges)
-                u = original[rag_array[:, 0]].astype(np.uint64)
-                v = original[rag_array[:, 1]].astype(np.uint64)
+                    for m in merges
+                ]
+            if len(rag):
+                scores = edge_merge_scores(rag[:, 0], rag[:, 1], history)
+                u = original[rag[:, 0]].astype(np.uint64)
+                v = original[rag[:, 1]].astype(np.uint64)
                 u, v = np.minimum(u, v), np.maximum(u, v)
                 keep = (u != 0) & np.isin(u, owned)
                 edges = Edges(u[keep], v[keep], scores[keep])

@@ -54,3 +54,20 @@ def edge_merge_scores(u: np.ndarray, v: np.ndarray, merges: Iterable[tuple[int, 
         members_a.extend(members_b)
         del members[rb]
     return scores
+
+
+def region_adjacency(fragments: np.ndarray) -> np.ndarray:
+    """(m, 2) int64 pairs u < v of fragments that touch along z, y or x (0 = boundary,
+    never part of an edge): the region graph waterz builds.
+
+    Computed here rather than with waterz's `return_region_graph=True`, because asking
+    waterz 0.10 for the region graph changes which merges it makes at later thresholds."""
+    pairs = []
+    for axis in range(fragments.ndim):
+        a = np.moveaxis(fragments, axis, 0)
+        lower, upper = a[:-1].ravel(), a[1:].ravel()
+        touching = (lower != upper) & (lower != 0) & (upper != 0)
+        pairs.append(np.stack([lower[touching], upper[touching]], axis=1))
+    edges = np.concatenate(pairs).astype(np.int64) if pairs else np.zeros((0, 2), np.int64)
+    edges = np.sort(edges, axis=1)
+    return np.unique(edges, axis=0) if len(edges) else edges

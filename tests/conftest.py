@@ -38,3 +38,64 @@ def tiny_gala_config(tmp_path):
         return load_config("gala", [*TINY_NET, *overrides], workspace=tmp_path / "ws")
 
     return make
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mongodb_url():
+    """A real MongoDB wire-protocol server over TCP: `LSDFLOW_TEST_MONGODB_URL` when set,
+    else `nx-27017` started on a free loopback port for the session."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    import pymongo
+
+    url = os.environ.get("LSDFLOW_TEST_MONGODB_URL")
+    if url:
+        yield url
+        return
+    executable = shutil.which("nx-27017") or str(Path(sys.executable).parent / "nx-27017")
+    port = _free_port()
+    workdir = tempfile.mkdtemp(prefix="nx27017-")
+    process = subprocess.Popen(
+        [executable, "--db", "memory", "--host", "127.0.0.1", "-p", str(port),
+         "--log-file", f"{workdir}/nx.log", "--pid-file", f"{workdir}/nx.pid"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    url = f"mongodb://127.0.0.1:{port}/lsdflow_test"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            pymongo.MongoClient(url, serverSelectionTimeoutMS=500).admin.command("ping")
+            break
+        except pymongo.errors.PyMongoError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"nx-27017 did not start on port {port} (log: {workdir}/nx.log)") from None
+            time.sleep(0.2)
+    yield url
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def graph_url(request, tmp_path):
+    """Each graph-store test runs against SQLite and against the MongoDB server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'graph.db'}"
+    return request.getfixturevalue("mongodb_url")
