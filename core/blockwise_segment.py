@@ -33,7 +33,7 @@ from .segment import as_float_affinities, fill_boundaries, fragments_from_affini
 from .staged_arrays import OutputArray, StagedArrays, stage_key
 from .volumes import VolumeError, dataset_fingerprint, open_array
 
-CODE_VERSION = "blockwise-segment-1"  # bump when a stage's results change
+CODE_VERSION = "blockwise-segment-2"  # bump when a stage's results change
 
 
 def _crop(write_roi: Roi, read_roi: Roi, voxel_size: Coordinate) -> tuple[slice, ...]:

@@ -1,0 +1,238 @@
+"""The blockwise runner and blockwise segmentation on real gala data and a synthetic volume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from funlib.geometry import Coordinate, Roi
+
+from lsdflow.core.affinities import labels_to_affinities
+from lsdflow.core.blockwise import BlockProcessor, BlockwiseError, RunSettings, Stage, block_index, run_stage
+from lsdflow.core.blockwise_segment import segment_blockwise
+from lsdflow.core.cli import main
+from lsdflow.core.config import load_config
+from lsdflow.core.metrics import segmentation_scores
+from lsdflow.core.segment import agglomerate, fragments_from_affinities
+from lsdflow.core.synthetic import synthetic_affinities, synthetic_labels
+from lsdflow.core.volumes import open_array, write_array
+
+from .conftest import ROOT
+
+NEIGHBORHOOD = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
+QUIET = RunSettings(workers=2, progress=False)
+
+
+class RecordBlock(BlockProcessor):
+    """Writes one file per processed block; fails blocks listed in a flag file."""
+
+    def __init__(self, out_dir: Path, flag: Path, total_roi: Roi, block_size: Coordinate):
+        self.out_dir = str(out_dir)
+        self.flag = str(flag)
+        self.total_roi = total_roi
+        self.block_size = block_size
+
+    def setup(self):
+        self._h_pid = os.getpid()
+
+    def process(self, block):
+        index = block_index(block.write_roi, self.total_roi, self.block_size)
+        if os.path.exists(self.flag):
+            failing = {int(i) for i in Path(self.flag).read_text().split()}
+            if index in failing:
+                if index % 2:
+                    os._exit(3)  # a worker killed mid-block
+                raise RuntimeError(f"injected failure in block {index}")
+        Path(self.out_dir, f"{index}-{uuid.uuid4().hex}").touch()
+
+
+def _record_stage(tmp_path, flag) -> Stage:
+    total = Roi((0, 0, 0), (40, 40, 10))
+    block = Coordinate(10, 10, 10)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    return Stage("record", total, block, Coordinate(2, 2, 2), RecordBlock(tmp_path / "out", flag, total, block),
+                 tmp_path / "tracking")
+
+
+def _processed(tmp_path) -> list[int]:
+    return sorted(int(p.name.split("-")[0]) for p in (tmp_path / "out").iterdir())
+
+
+def test_failed_blocks_fail_the_stage_and_a_rerun_does_only_the_missing_ones(tmp_path):
+    flag = tmp_path / "fail"
+    flag.write_text("4 7")
+    with pytest.raises(BlockwiseError, match="record") as error:
+        run_stage(_record_stage(tmp_path, flag), RunSettings(workers=2, retries=1, progress=False))
+    assert "failed" in str(error.value) or "abandoned" in str(error.value)
+    first = _processed(tmp_path)
+    assert 4 not in first and 7 not in first
+    flag.unlink()
+    summary = run_stage(_record_stage(tmp_path, flag), RunSettings(workers=2, progress=False))
+    assert summary["blocks"] == 16 and summary["failed"] == 0
+    assert summary["resumed"] == len(set(first)) and summary["processed"] == 16 - len(set(first))
+    assert sorted(set(_processed(tmp_path))) == list(range(16))
+    assert len(_processed(tmp_path)) == 16  # no block done twice
+    again = run_stage(_record_stage(tmp_path, flag), RunSettings(workers=1, progress=False))
+    assert again["processed"] == 0 and again["resumed"] == 16
+
+
+def test_cluster_launcher_template_starts_workers_that_connect_back(tmp_path):
+    # a stand-in for `sbatch --wait --wrap {command}`: the same command run by a shell
+    settings = RunSettings(workers=2, progress=False, launcher="sh -c {command}")
+    summary = run_stage(_record_stage(tmp_path, tmp_path / "no-flag"), settings)
+    assert summary["processed"] == 16 and sorted(_processed(tmp_path)) == list(range(16))
+
+
+@pytest.fixture(scope="module")
+def gala_gt(tmp_path_factory, gala_test):
+    """A copy of gala_test with ground-truth affinities as `volumes/pred_affs`."""
+    root = tmp_path_factory.mktemp("gala_gt")
+    container = root / "gala.zarr"
+    shutil.copytree(gala_test, container)
+    labels = open_array(container, "volumes/labels/neuron_ids")
+    affs = labels_to_affinities(labels[labels.roi], NEIGHBORHOOD)
+    write_array(container, "volumes/pred_affs", labels.roi, labels.voxel_size, (affs * 255).astype(np.uint8))
+    return container
+
+
+def _copy(container: Path, name: str) -> Path:
+    target = container.parent / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(container, target, ignore=shutil.ignore_patterns("fragments", "segmentation", "luts", ".lsdflow"))
+    return target
+
+
+def _labels(container):
+    a = open_array(container, "volumes/labels/neuron_ids")
+    return a[a.roi]
+
+
+def _segmentation(container, threshold, merge_function="hist_quant_50"):
+    a = open_array(container, f"volumes/segmentation/{merge_function}/{threshold:g}")
+    return a[a.roi]
+
+
+def test_gala_ground_truth_blockwise_matches_in_memory_on_sqlite_and_mongodb(gala_gt, mongodb_url):
+    config = load_config("gala")  # 64-voxel blocks: 8 blocks on gala_test
+    labels = _labels(gala_gt)
+    affs = open_array(gala_gt, "volumes/pred_affs")
+    affs = affs[affs.roi]
+    in_memory = agglomerate(affs, fragments_from_affinities(affs), [0.5])[0.5]
+
+    on_sqlite = _copy(gala_gt, "sqlite.zarr")
+    result = segment_blockwise(config, on_sqlite, thresholds=[0.5], settings=QUIET)
+    assert result["stages"]["relabel"]["blocks"] >= 8
+    assert result["graph"].startswith("sqlite:///")
+    blockwise = _segmentation(on_sqlite, 0.5)
+    assert segmentation_scores(labels, blockwise).voi_sum <= 0.05
+    labelled = labels > 0
+    assert segmentation_scores(in_memory[labelled], blockwise[labelled]).voi_sum <= 0.05
+
+    on_mongo = _copy(gala_gt, "mongo.zarr")
+    url = mongodb_url.rsplit("/", 1)[0] + f"/t{uuid.uuid4().hex[:8]}"
+    assert main(["segment", "gala", str(on_mongo), "--blockwise", "--graph", url, "--thresholds", "0.5",
+                 "--workers", "2", "--quiet"]) == 0
+    assert np.array_equal(_segmentation(on_mongo, 0.5), blockwise)  # same result on either store
+    attrs = open_array(on_mongo, "volumes/segmentation/hist_quant_50/0.5")
+    assert attrs.roi == open_array(gala_gt, "volumes/pred_affs").roi
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """64 x 128 x 128 voxels of neuron-like labels: 32 blocks of 32^3."""
+    root = tmp_path_factory.mktemp("synthetic")
+    labels = synthetic_labels((64, 128, 128), 40, seed=1)
+    roi = Roi((0, 0, 0), (640, 1280, 1280))
+    containers = {}
+    for name, noise, blur in (("gt", 0.0, 0.0), ("noisy", 0.1, 1.0)):
+        container = root / f"{name}.zarr"
+        affs = synthetic_affinities(labels, noise=noise, blur=blur)
+        write_array(container, "volumes/labels/neuron_ids", roi, (10, 10, 10), labels)
+        write_array(container, "volumes/pred_affs", roi, (10, 10, 10), (affs * 255).round().astype(np.uint8))
+        containers[name] = container
+    return labels, containers
+
+
+@pytest.mark.parametrize("name", ["gt", "noisy"])
+def test_synthetic_volume_blockwise_matches_in_memory(synthetic, name):
+    labels, containers = synthetic
+    config = load_config("gala", ["blockwise.block_size_nm=[320, 320, 320]"])
+    threshold = 0.3
+    result = segment_blockwise(config, containers[name], thresholds=[threshold], settings=QUIET)
+    assert result["stages"]["fragments"]["blocks"] == 32
+    blockwise = _segmentation(containers[name], threshold)
+    affs = open_array(containers[name], "volumes/pred_affs")
+    affs = affs[affs.roi]
+    in_memory = agglomerate(affs, fragments_from_affinities(affs), [threshold])[threshold]
+    labelled = labels > 0
+    assert segmentation_scores(in_memory[labelled], blockwise[labelled]).voi_sum <= 0.05
+    if name == "gt":
+        assert segmentation_scores(labels, blockwise).voi_sum <= 0.05
+
+
+def _done_blocks(tracking: Path) -> int:
+    """Blocks daisy has marked done (its tracking keeps one byte per block)."""
+    return sum(int(np.count_nonzero(np.fromfile(p, np.uint8))) for p in tracking.glob("blocks/done/c/**/*") if p.is_file())
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_and_gives_the_same_segmentation(gala_gt):
+    overrides = ["blockwise.block_size_nm=[320, 320, 320]", "blockwise.workers=1"]
+    reference = _copy(gala_gt, "reference.zarr")
+    segment_blockwise(load_config("gala", overrides), reference, settings=QUIET)
+
+    interrupted = _copy(gala_gt, "interrupted.zarr")
+    script = (
+        "from lsdflow.core.config import load_config; from lsdflow.core.blockwise import RunSettings;"
+        "from lsdflow.core.blockwise_segment import segment_blockwise;"
+        f"segment_blockwise(load_config('gala', {overrides!r}), {str(interrupted)!r},"
+        " settings=RunSettings(workers=1, progress=False))"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while True:  # kill the whole run (server and workers) part-way through agglomeration
+            trackings = list((interrupted / ".lsdflow").glob("agglomerate-*"))
+            if trackings and _done_blocks(trackings[0]) >= 5:
+                break
+            assert process.poll() is None, "the run ended before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (interrupted / "volumes/segmentation").exists()
+
+    result = segment_blockwise(load_config("gala", overrides), interrupted, settings=QUIET)
+    stages = result["stages"]
+    assert stages["fragments"].get("up_to_date")
+    agglomerate_stage = stages["agglomerate"]
+    assert agglomerate_stage["resumed"] >= 5
+    assert agglomerate_stage["resumed"] + agglomerate_stage["processed"] == agglomerate_stage["blocks"]
+    for threshold in load_config("gala").segmentation.thresholds:
+        assert np.array_equal(_segmentation(interrupted, threshold), _segmentation(reference, threshold))
+
+
+def test_bad_affinities_fail_before_anything_is_written(tmp_path, gala_test):
+    container = tmp_path / "bad.zarr"
+    shutil.copytree(gala_test, container)
+    labels = open_array(container, "volumes/labels/neuron_ids")
+    two_channels = np.zeros((2, *labels.shape), np.uint8)
+    write_array(container, "volumes/pred_affs", labels.roi, labels.voxel_size, two_channels)
+    from lsdflow.core.volumes import VolumeError
+
+    with pytest.raises(VolumeError, match="3 channels"):
+        segment_blockwise(load_config("gala"), container, settings=QUIET)
+    with pytest.raises(VolumeError, match="not found"):
+        segment_blockwise(load_config("gala"), container, affs_dataset="volumes/missing", settings=QUIET)
+    assert not (container / "volumes/fragments").exists()
+    assert not (tmp_path / "bad.graph.db").exists()
