@@ -26,14 +26,14 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from .blockwise import BlockProcessor, RunSettings, Stage, block_index, run_stage
-from .find_segments import apply_lut, read_lut, segment_luts, write_luts
+from .find_segments import LutMapper, read_lut, segment_luts, write_luts
 from .graphstore import Edges, Nodes, default_graph_url, open_graph_store, sample_name
 from .merge_history import edge_merge_scores, region_adjacency
 from .segment import as_float_affinities, fill_boundaries, fragments_from_affinities, quiet_stdout, scoring_function
 from .staged_arrays import OutputArray, StagedArrays, stage_key
 from .volumes import VolumeError, dataset_fingerprint, open_array
 
-CODE_VERSION = "blockwise-segment-2"  # bump when a stage's results change
+CODE_VERSION = "blockwise-segment-3"  # bump when a stage's results change
 
 
 def _crop(write_roi: Roi, read_roi: Roi, voxel_size: Coordinate) -> tuple[slice, ...]:
@@ -174,8 +174,9 @@ class RelabelBlock(BlockProcessor):
         if ids[0] != 0:
             ids, local = np.concatenate([[0], ids]).astype(np.uint64), local + 1
         filled = ids[fill_boundaries(local, affs)[_crop(block.write_roi, read_roi, vs)]]
+        mapper = LutMapper(filled)
         for threshold, output in self._h_outputs.items():
-            output[block.write_roi] = apply_lut(filled, *self._h_luts[threshold])
+            output[block.write_roi] = mapper.apply(*self._h_luts[threshold])
 
 
 def _check_affinities_dataset(container: Path, dataset: str):

@@ -224,7 +224,7 @@ class BlockwiseConfig(_Strict):
     resolution), workers, retries and where the region graph lives."""
 
     block_size_nm: Vec3 | None = Field(
-        None, description="segmentation write block in nm; default 64 voxels per axis"
+        None, description="segmentation write block in nm; default 128 voxels per axis"
     )
     context_nm: Vec3 | None = Field(
         None, description="read margin per side for segmentation blocks; default 8 voxels per axis"
@@ -300,7 +300,7 @@ class LsdflowConfig(_Strict):
     def segmentation_blocks_nm(self) -> tuple[Vec3, Vec3]:
         """(block size, context) in nm for the segmentation stages."""
         vs = self.data.voxel_size
-        block = self.blockwise.block_size_nm or tuple(64 * v for v in vs)
+        block = self.blockwise.block_size_nm or tuple(128 * v for v in vs)
         context = self.blockwise.context_nm or tuple(8 * v for v in vs)
         return tuple(block), tuple(context)  # type: ignore[return-value]
 

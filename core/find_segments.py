@@ -89,9 +89,21 @@ def read_lut(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 def apply_lut(fragments: np.ndarray, lut_fragments: np.ndarray, lut_segments: np.ndarray) -> np.ndarray:
     """Map fragment ids to segment ids (0 stays 0; ids missing from the LUT become 0)."""
-    ids, inverse = np.unique(fragments, return_inverse=True)
-    index = np.searchsorted(lut_fragments, ids)
-    index = np.minimum(index, max(len(lut_fragments) - 1, 0))
-    found = (len(lut_fragments) > 0) & (lut_fragments[index] == ids) if len(lut_fragments) else np.zeros(len(ids), bool)
-    mapped = np.where(found, lut_segments[index] if len(lut_segments) else 0, 0).astype(np.uint64)
-    return mapped[inverse].reshape(fragments.shape)
+    return LutMapper(fragments).apply(lut_fragments, lut_segments)
+
+
+class LutMapper:
+    """Maps one block of fragments through several LUTs, finding its ids once."""
+
+    def __init__(self, fragments: np.ndarray):
+        self.shape = fragments.shape
+        self.ids, self.inverse = np.unique(fragments, return_inverse=True)
+
+    def apply(self, lut_fragments: np.ndarray, lut_segments: np.ndarray) -> np.ndarray:
+        mapped = np.zeros(len(self.ids), dtype=np.uint64)
+        if len(lut_fragments):
+            index = np.minimum(np.searchsorted(lut_fragments, self.ids), len(lut_fragments) - 1)
+            found = lut_fragments[index] == self.ids
+            mapped[found] = lut_segments[index[found]]
+        mapped[self.ids == 0] = 0
+        return mapped[self.inverse].reshape(self.shape)

@@ -29,6 +29,7 @@ from .conftest import ROOT
 
 NEIGHBORHOOD = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
 QUIET = RunSettings(workers=2, progress=False)
+GALA_BLOCKS = ["blockwise.block_size_nm=[640, 640, 640]"]  # 8 blocks on gala_test
 
 
 class RecordBlock(BlockProcessor):
@@ -121,7 +122,7 @@ def _segmentation(container, threshold, merge_function="hist_quant_50"):
 
 
 def test_gala_ground_truth_blockwise_matches_in_memory_on_sqlite_and_mongodb(gala_gt, mongodb_url):
-    config = load_config("gala")  # 64-voxel blocks: 8 blocks on gala_test
+    config = load_config("gala", GALA_BLOCKS)
     labels = _labels(gala_gt)
     affs = open_array(gala_gt, "volumes/pred_affs")
     affs = affs[affs.roi]
@@ -139,6 +140,7 @@ def test_gala_ground_truth_blockwise_matches_in_memory_on_sqlite_and_mongodb(gal
     on_mongo = _copy(gala_gt, "mongo.zarr")
     url = mongodb_url.rsplit("/", 1)[0] + f"/t{uuid.uuid4().hex[:8]}"
     assert main(["segment", "gala", str(on_mongo), "--blockwise", "--graph", url, "--thresholds", "0.5",
+                 "--set", GALA_BLOCKS[0],
                  "--workers", "2", "--quiet"]) == 0
     assert np.array_equal(_segmentation(on_mongo, 0.5), blockwise)  # same result on either store
     attrs = open_array(on_mongo, "volumes/segmentation/hist_quant_50/0.5")
