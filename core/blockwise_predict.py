@@ -144,6 +144,7 @@ def predict_blockwise(
     """Predict `volumes/pred_<output>` for the whole raw ROI block by block (see module doc)."""
     from .checkpoints import load_model
     from .config import check_voxel_size
+    from .predict import prediction_attrs
 
     container = Path(container).resolve()
     bw = config.blockwise
@@ -160,14 +161,7 @@ def predict_blockwise(
     block_size = block_voxels * vs
     context = Coordinate((i - o) // 2 for i, o in zip(input_shape, output_shape)) * vs
     mean, std = intensity_stats(raw)
-    attrs = {
-        "model_file": str(model_file.resolve()),
-        "model_iteration": meta.get("iteration"),
-        "model_config_fingerprint": meta.get("config_fingerprint"),
-        "model_kind": model.config.kind,
-        "raw": f"{container}/{config.data.raw_dataset}",
-        "value_scale": 255 if dtype == "uint8" else 1,
-    }
+    attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
     probe = {name: channels for name, channels in zip(model.outputs, _output_channels(model, input_shape))}
     key = stage_key(
         stage="predict", code=CODE_VERSION, raw=dataset_fingerprint(container, config.data.raw_dataset),

@@ -41,9 +41,10 @@ def _crop(write_roi: Roi, read_roi: Roi, voxel_size: Coordinate) -> tuple[slice,
     return tuple(slice(b, b + s) for b, s in zip(begin, write_roi.shape / voxel_size))
 
 
-class FragmentsBlock(BlockProcessor):
-    def __init__(self, container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size,
-                 fragments_in_xy, min_seed_distance, filter_fragments):
+class _GraphBlock(BlockProcessor):
+    """A stage reading affinities and fragments of a volume and writing its region graph."""
+
+    def __init__(self, container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size):
         self.container = str(container)
         self.affs_dataset = affs_dataset
         self.fragments_dataset = fragments_dataset
@@ -51,6 +52,12 @@ class FragmentsBlock(BlockProcessor):
         self.sample = sample
         self.total_roi = total_roi
         self.block_size = Coordinate(block_size)
+
+
+class FragmentsBlock(_GraphBlock):
+    def __init__(self, container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size,
+                 fragments_in_xy, min_seed_distance, filter_fragments):
+        super().__init__(container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size)
         self.fragments_in_xy = fragments_in_xy
         self.min_seed_distance = min_seed_distance
         self.filter_fragments = filter_fragments
@@ -93,16 +100,10 @@ class FragmentsBlock(BlockProcessor):
         self._h_store.write_nodes(index, Nodes(node_ids, centers, sizes.astype(np.int64)))
 
 
-class AgglomerateBlock(BlockProcessor):
+class AgglomerateBlock(_GraphBlock):
     def __init__(self, container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size,
                  merge_function):
-        self.container = str(container)
-        self.affs_dataset = affs_dataset
-        self.fragments_dataset = fragments_dataset
-        self.graph_url = graph_url
-        self.sample = sample
-        self.total_roi = total_roi
-        self.block_size = Coordinate(block_size)
+        super().__init__(container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size)
         self.merge_function = merge_function
 
     def setup(self):

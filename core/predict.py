@@ -98,6 +98,20 @@ def predict_with_context(
     return tuple(outputs)
 
 
+def prediction_attrs(model_file, meta: dict, model, raw: str, dtype: str) -> dict:
+    """What every prediction dataset records about the model that made it."""
+    from pathlib import Path
+
+    return {
+        "model_file": str(Path(model_file).resolve()),
+        "model_iteration": meta.get("iteration"),
+        "model_config_fingerprint": meta.get("config_fingerprint"),
+        "model_kind": model.config.kind,
+        "raw": raw,
+        "value_scale": 255 if dtype == "uint8" else 1,
+    }
+
+
 def predict_volume(
     config,
     container,
@@ -134,14 +148,7 @@ def predict_volume(
         model, raw / scale, input_shape, output_shape, mean, std,
         batch_size=config.prediction.batch_size, device=device, progress=progress,
     )
-    attrs = {
-        "model_file": str(model_file.resolve()),
-        "model_iteration": meta.get("iteration"),
-        "model_config_fingerprint": meta.get("config_fingerprint"),
-        "model_kind": model.config.kind,
-        "raw": f"{container}/{config.data.raw_dataset}",
-        "value_scale": 255 if dtype == "uint8" else 1,
-    }
+    attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
     written = {}
     for name, data in zip(model.outputs, outputs):
         values = np.round(data * 255).astype(np.uint8) if dtype == "uint8" else data.astype(np.float32)
