@@ -140,6 +140,7 @@ def predict_blockwise(
     output_dtype: str | None = None,
     settings: RunSettings | None = None,
     device: str | None = None,
+    extra_attrs: dict | None = None,
 ) -> dict:
     """Predict `volumes/pred_<output>` for the whole raw ROI block by block (see module doc)."""
     from .checkpoints import load_model
@@ -155,13 +156,15 @@ def predict_blockwise(
     model, meta = load_model(model_file)  # a missing or broken model fails before any output
     mask = open_array(container, bw.mask_dataset) if bw.mask_dataset else None
     dtype = output_dtype or config.prediction.output_dtype
-    input_shape, output_shape = config.prediction_shapes
+    # the model file defines the network; the config the data and the prediction tile
+    input_shape, output_shape = config.with_model(model.config).prediction_shapes
     vs = raw.voxel_size
     block_voxels = Coordinate(o * t for o, t in zip(output_shape, bw.prediction_tiles))
     block_size = block_voxels * vs
     context = Coordinate((i - o) // 2 for i, o in zip(input_shape, output_shape)) * vs
     mean, std = intensity_stats(raw)
     attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
+    attrs.update(extra_attrs or {})  # e.g. the registered model's lineage
     probe = {name: channels for name, channels in zip(model.outputs, _output_channels(model, input_shape))}
     key = stage_key(
         stage="predict", code=CODE_VERSION, raw=dataset_fingerprint(container, config.data.raw_dataset),

@@ -164,7 +164,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    from .segment import segment_volume
+    from .segment import default_thresholds, segment_volume
 
     config = _config(args)
     seg = config.segmentation
@@ -172,7 +172,8 @@ def cmd_segment(args) -> int:
         from .blockwise_segment import segment_blockwise
 
         result = segment_blockwise(
-            config, args.volume, args.affs, graph_url=args.graph, thresholds=args.thresholds,
+            config, args.volume, args.affs, graph_url=args.graph,
+            thresholds=args.thresholds or default_thresholds(args.volume, args.affs, seg.thresholds),
             settings=_run_settings(args, config),
         )
         for summary in result["stages"].values():
@@ -184,8 +185,9 @@ def cmd_segment(args) -> int:
     if args.graph:
         raise ConfigError("--graph needs --blockwise (the in-memory path keeps no region graph)")
     fragments_in_xy = seg.fragments_in_xy if seg.fragments_in_xy is not None else config.data.is_anisotropic
+    thresholds = args.thresholds or default_thresholds(args.volume, args.affs, seg.thresholds)
     result = segment_volume(
-        args.volume, args.affs, thresholds=args.thresholds or seg.thresholds,
+        args.volume, args.affs, thresholds=thresholds,
         merge_function=seg.merge_function, fragments_in_xy=fragments_in_xy,
         min_seed_distance=seg.min_seed_distance, filter_fragments=seg.filter_fragments,
     )
@@ -218,7 +220,9 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extend=None) -> argparse.ArgumentParser:
+    """The core commands; `extend(subparsers, parsers)` lets the platform layer add its own
+    commands and replace handlers (flows/cli.py adds the MLflow registry)."""
     parser = argparse.ArgumentParser(
         prog="lsdflow", description="Neuron segmentation of EM volumes with Local Shape Descriptors"
     )
@@ -258,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="predict affinities/LSDs (in memory, or --blockwise for any size)")
     _add_config_args(predict)
     predict.add_argument("volume", type=Path, help="Zarr container with volumes/raw")
-    predict.add_argument("--model", type=Path, help="model file (default: prediction.checkpoint of the config)")
+    predict.add_argument("--model", help="model file (default: prediction.checkpoint of the config)")
     predict.add_argument("--output", type=Path, help="Zarr container to write to (default: the input)")
     predict.add_argument("--float32", action="store_true", help="write float32 instead of uint8")
     predict.add_argument("--device", help="torch device (default cuda when available, else cpu)")
@@ -291,11 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workspace", help="where outputs go (default ./workspace/gala)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
+    if extend is not None:
+        extend(sub, {"train": train, "predict": predict, "segment": segment, "demo": demo})
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    args = (parser or build_parser()).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -201,7 +201,10 @@ class TrainingConfig(_Strict):
 
 
 class PredictionConfig(_Strict):
-    checkpoint: Path | None = Field(None, description="pretrained weights for this dataset")
+    model: str | None = Field(
+        None, description="registered model to predict with, e.g. models:/mtlsd-gala@champion"
+    )
+    checkpoint: Path | None = Field(None, description="model file used when no registered model is found")
     input_shape: Vec3 | None = Field(
         None,
         description="network input for prediction (voxels); larger than in training wastes "
@@ -295,6 +298,19 @@ class LsdflowConfig(_Strict):
         """(input, output) shape in voxels used for prediction."""
         shape = self.prediction.input_shape or self.model.input_shape
         return shape, self.model.geometry.output_shape(shape)  # type: ignore[return-value]
+
+    def with_model(self, model: ModelConfig) -> LsdflowConfig:
+        """This config with another network (a model file's own), keeping the prediction
+        input shape only where it fits that network."""
+        if model == self.model:
+            return self
+        prediction = self.prediction
+        shape = prediction.input_shape
+        if shape is not None and any(
+            model.geometry.axis_output_size(axis, size)[1] is not None for axis, size in enumerate(shape)
+        ):
+            prediction = prediction.model_copy(update={"input_shape": None})
+        return self.model_copy(update={"model": model, "prediction": prediction})
 
     @property
     def segmentation_blocks_nm(self) -> tuple[Vec3, Vec3]:

@@ -34,11 +34,15 @@ def run_demo(
     iterations: int | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    model_file: str | Path | None = None,
+    model_attrs: dict | None = None,
 ) -> dict:
+    """`model_file` (default: the config's checkpoint) and `model_attrs` (its registry
+    lineage, recorded with the predictions) let the caller choose the model."""
     config = config or load_config("gala")
     out_dir = Path(out_dir) if out_dir else config.resolved_workspace / "demo"
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_file = config.prediction.checkpoint
+    model_file = model_file or config.prediction.checkpoint
     if retrain:
         result = train(config, iterations=iterations, progress=progress)
         model_file = export_model(result.checkpoint, config, out_dir / "model.pt", result.iteration)
@@ -55,7 +59,8 @@ def run_demo(
     scale = 255.0 if raw.dtype.kind == "u" and raw.dtype.itemsize == 1 else 1.0
     m = config.model
     input_shape, output_shape = config.prediction_shapes
-    report = {"volume": str(volume), "model_file": str(model_file), "iteration": meta.get("iteration")}
+    report = {"volume": str(volume), "model_file": str(model_file), "iteration": meta.get("iteration"),
+              "model_uri": (model_attrs or {}).get("model_uri")}
     for name, net in (("pretrained", model), ("untrained", _untrained(config))):
         began = time.perf_counter()
         outputs = predict_array(
@@ -73,12 +78,13 @@ def run_demo(
                     title=f"{config.name}: {Path(volume).name}, model iteration {meta.get('iteration')}",
                 )
             )
-    report["segmentation"] = _segment_and_evaluate(config, volume, model_file, out_dir, progress)
+    report["segmentation"] = _segment_and_evaluate(config, volume, model_file, out_dir, progress, model_attrs)
     (out_dir / "demo.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def _segment_and_evaluate(config: LsdflowConfig, volume: Path, model_file: Path, out_dir: Path, progress: bool) -> dict:
+def _segment_and_evaluate(config: LsdflowConfig, volume: Path, model_file: Path, out_dir: Path, progress: bool,
+                          model_attrs: dict | None = None) -> dict:
     """predict → fragments + agglomeration → VOI/ARAND, on a copy of the test volume
     in the workspace (the shipped data stays untouched)."""
     work = out_dir / Path(volume).name
@@ -88,7 +94,7 @@ def _segment_and_evaluate(config: LsdflowConfig, volume: Path, model_file: Path,
         shutil.copytree(Path(volume) / dataset, work / dataset)
     zarr.open_group(str(work), mode="a")
     began = time.perf_counter()
-    predict_volume(config, work, model_file=model_file, progress=False)
+    predict_volume(config, work, model_file=model_file, progress=False, extra_attrs=model_attrs)
     seg = config.segmentation
     segment_volume(
         work, thresholds=seg.thresholds, merge_function=seg.merge_function,
@@ -110,7 +116,7 @@ def _untrained(config: LsdflowConfig) -> torch.nn.Module:
 def format_report(report: dict) -> str:
     lines = [
         f"volume: {report['volume']}",
-        f"model:  {report['model_file']} (iteration {report['iteration']})",
+        f"model:  {report.get('model_uri') or report['model_file']} (iteration {report['iteration']})",
         "",
         f"{'affinities vs ground truth':28s} {'ROC AUC':>8s} {'bal. acc.':>10s} {'seconds':>8s}",
     ]

@@ -120,6 +120,7 @@ def predict_volume(
     output_dtype: str | None = None,
     device: str | None = None,
     progress: bool = True,
+    extra_attrs: dict | None = None,
 ) -> dict:
     """Predict a whole (small) volume in memory and write `volumes/pred_<output>` datasets.
 
@@ -143,12 +144,14 @@ def predict_volume(
     raw = raw_array[raw_array.roi]
     scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
     mean, std = intensity_stats(raw_array)
-    input_shape, output_shape = config.prediction_shapes
+    # the model file defines the network; the config the data and the prediction tile
+    input_shape, output_shape = config.with_model(model.config).prediction_shapes
     outputs = predict_array(
         model, raw / scale, input_shape, output_shape, mean, std,
         batch_size=config.prediction.batch_size, device=device, progress=progress,
     )
     attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
+    attrs.update(extra_attrs or {})  # e.g. the registered model's lineage
     written = {}
     for name, data in zip(model.outputs, outputs):
         values = np.round(data * 255).astype(np.uint8) if dtype == "uint8" else data.astype(np.float32)

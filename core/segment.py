@@ -12,6 +12,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -216,3 +217,19 @@ def segment_volume(
         for dataset, data in outputs.items()
     }
     return {"fragments": fragments, "segmentations": segmentations, "written": written}
+
+
+def default_thresholds(container, affs_dataset: str, configured) -> list[float]:
+    """The thresholds to segment with when none are given: the best threshold found on
+    validation data for the model that predicted these affinities (recorded with the
+    affinities as `best_threshold`), else the configured list."""
+    import zarr
+
+    from .volumes import dataset_exists
+
+    if not dataset_exists(container, affs_dataset):
+        return [float(t) for t in configured]  # the stage itself reports the missing dataset
+    attrs = zarr.open(str(Path(container) / affs_dataset), mode="r").attrs
+    if attrs.get("best_threshold") is not None:
+        return [float(attrs["best_threshold"])]
+    return [float(t) for t in configured]

@@ -1,0 +1,211 @@
+"""The `lsdflow` command: the core commands plus the MLflow model registry.
+
+`train` is tracked in MLflow and registers its model as the `challenger`; `predict` takes
+`--model models:/<name>@<alias>` (default: `prediction.model` of the config) and records the
+model's lineage; `register`, `evaluate-model` and `promote` manage versions; `demo` registers
+the shipped model as `champion` of the local registry and predicts with it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..core import cli as core_cli
+from .registry import CHAMPION, RegistryError, default_model_name, tracking_uri
+
+
+def _workspace(config) -> Path:
+    return config.resolved_workspace
+
+
+def cmd_train(args) -> int:
+    from ..core.checkpoints import export_model
+    from ..core.plots import plot_training_log
+    from ..core.train import train
+    from .registry import TrainingRun, register_model
+
+    config = core_cli._config(args)
+    workspace = _workspace(config)
+    print(f"training {config.name} ({config.model.kind}) in {workspace}; MLflow: {tracking_uri(workspace)}")
+    with TrainingRun(config, workspace) as run:
+        result = train(config, iterations=args.iterations, device=args.device, progress=not args.quiet,
+                       on_log=run.on_log)
+        png = plot_training_log(workspace / "training_log.csv")
+        run.finish(result, png)
+        print(f"iteration {result.iteration}: checkpoint {result.checkpoint} "
+              f"({result.iterations_per_second:.2f} it/s on {result.device}); MLflow run {run.run_id}")
+        model_file = export_model(result.checkpoint, config, args.export or workspace / "model.pt", result.iteration)
+        print(f"exported model to {model_file}")
+        if png:
+            print(f"loss curve: {png}")
+        if not args.no_register:
+            registered = register_model(model_file, config, workspace, run_id=run.run_id, name=args.model_name)
+            print(f"registered {registered.uri} as @challenger "
+                  f"(evaluate with `lsdflow evaluate-model models:/{registered.name}@challenger --volume VALIDATION.zarr`)")
+    return 0
+
+
+def cmd_register(args) -> int:
+    from .registry import register_model
+
+    config = core_cli._config(args)
+    registered = register_model(args.model_file, config, _workspace(config), name=args.model_name, alias=args.alias)
+    print(f"registered {registered.uri} ({args.model_file}) as @{args.alias}")
+    return 0
+
+
+def cmd_evaluate_model(args) -> int:
+    from ..core.evaluate import format_scores
+    from .model_evaluation import evaluate_model
+
+    config = core_cli._config(args)
+    volume = args.volume or (config.data.validation[0] if config.data.validation else None)
+    if volume is None:
+        raise RegistryError(f"{config.source}: no --volume given and data.validation is empty")
+    report = evaluate_model(_model_uri(args.model, config), volume, config, _workspace(config), progress=not args.quiet)
+    print(f"{report['model_uri']} on {volume}:")
+    print(format_scores(report))
+    print(f"best threshold {report['best']['threshold']:g} (VOI sum {report['best']['voi_sum']:.3f}) recorded "
+          f"with the model version; report: {report['json']}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from .registry import promote
+
+    config = core_cli._config(args)
+    name = args.name or default_model_name(config)
+    decision = promote(name, _workspace(config), margin=args.margin)
+    verb = "promoted" if decision["promoted"] else "not promoted"
+    print(f"{name} v{decision['challenger']} {verb}: {decision['reason']}")
+    print(f"decision log: {decision['log']}")
+    return 0
+
+
+def _model_uri(reference: str, config) -> str:
+    """`@champion` → models:/<default name>@champion; full URIs pass through."""
+    if reference.startswith("@"):
+        return f"models:/{default_model_name(config)}{reference}"
+    return reference
+
+
+def resolve_prediction_model(reference: str | None, config):
+    """(model file, lineage attrs, description) for `--model`, else the config's
+    `prediction.model`, else its `prediction.checkpoint` file."""
+    from .registry import resolve_model
+
+    workspace = _workspace(config)
+    if reference and not reference.startswith(("models:/", "@")):
+        return Path(reference), {}, reference
+    uri = _model_uri(reference, config) if reference else config.prediction.model
+    if uri:
+        try:
+            registered = resolve_model(uri, workspace)
+            return registered.file, registered.lineage(), f"{uri} (version {registered.version})"
+        except RegistryError as e:
+            if reference or config.prediction.checkpoint is None:
+                raise
+            print(f"note: {e}; using prediction.checkpoint {config.prediction.checkpoint}", file=sys.stderr)
+    return config.prediction.checkpoint, {}, str(config.prediction.checkpoint)
+
+
+def cmd_predict(args) -> int:
+    from ..core.predict import predict_volume
+    from ..core.volumes import open_array
+
+    config = core_cli._config(args)
+    model_file, lineage, described = resolve_prediction_model(args.model, config)
+    print(f"model: {described}")
+    dtype = "float32" if args.float32 else None
+    if args.blockwise:
+        from ..core.blockwise_predict import predict_blockwise
+
+        if args.output:
+            raise core_cli.ConfigError("--output is not supported with --blockwise: outputs go into the volume's container")
+        result = predict_blockwise(config, args.volume, model_file=model_file, output_dtype=dtype,
+                                   settings=core_cli._run_settings(args, config), device=args.device,
+                                   extra_attrs=lineage)
+        core_cli._print_stage(result["stage"])
+        written = {p.name: p for p in result["written"]}
+    else:
+        written = predict_volume(config, args.volume, model_file=model_file, output=args.output, output_dtype=dtype,
+                                 device=args.device, progress=not args.quiet, extra_attrs=lineage)
+    for path in written.values():
+        a = open_array(path.parent.parent, f"volumes/{path.name}")
+        print(f"wrote {path}: {a.dtype} shape {tuple(a.shape)} voxel size {tuple(a.voxel_size)} nm offset {tuple(a.offset)} nm")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """The demo shows the whole loop: the shipped model is the local registry's champion."""
+    from ..core.config import load_config
+    from ..core.demo import format_report, run_demo
+    from .registry import register_model, resolve_model
+
+    config = load_config("gala", args.overrides, args.workspace)
+    workspace = _workspace(config)
+    name = default_model_name(config)
+    model_file, lineage = None, None
+    if not args.train:
+        uri = f"models:/{name}@{CHAMPION}"
+        try:
+            registered = resolve_model(uri, workspace)
+        except RegistryError:
+            registered = register_model(config.prediction.checkpoint, config, workspace, alias=CHAMPION,
+                                        tags={"note": "shipped pretrained model"})
+            print(f"registered the shipped model as {registered.uri} @{CHAMPION} in {tracking_uri(workspace)}")
+        model_file, lineage = registered.file, {**registered.lineage(), "model_uri": uri}
+    report = run_demo(config, retrain=args.train, iterations=args.iterations, progress=not args.quiet,
+                      model_file=model_file, model_attrs=lineage)
+    print(format_report(report))
+    return 0
+
+
+def _extend(sub, parsers) -> None:
+    parsers["train"].set_defaults(func=cmd_train)
+    parsers["train"].add_argument("--no-register", action="store_true", help="do not register the trained model")
+    parsers["train"].add_argument("--model-name", help="registered model name (default mtlsd-<config>)")
+    parsers["predict"].set_defaults(func=cmd_predict)
+    parsers["predict"].set_defaults()
+    for action in parsers["predict"]._actions:
+        if action.dest == "model":
+            action.help = ("model file, or registered model: models:/<name>@<alias>, models:/<name>/<version>, "
+                           "@champion (default: prediction.model, else prediction.checkpoint of the config)")
+    parsers["demo"].set_defaults(func=cmd_demo)
+
+    register = sub.add_parser("register", help="register a model file as a new version (alias challenger)")
+    core_cli._add_config_args(register)
+    register.add_argument("model_file", type=Path)
+    register.add_argument("--model-name", help="registered model name (default mtlsd-<config>)")
+    register.add_argument("--alias", default="challenger")
+    register.set_defaults(func=cmd_register)
+
+    evaluate = sub.add_parser("evaluate-model", help="score a registered model on a validation volume, recorded with the version")
+    core_cli._add_config_args(evaluate)
+    evaluate.add_argument("model", help="models:/<name>@<alias>, models:/<name>/<version> or @challenger")
+    evaluate.add_argument("--volume", type=Path, help="validation volume with labels (default data.validation[0])")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate_model)
+
+    promote = sub.add_parser("promote", help="move @champion to @challenger if it wins on validation data")
+    core_cli._add_config_args(promote)
+    promote.add_argument("--name", help="registered model name (default mtlsd-<config>)")
+    promote.add_argument("--margin", type=float, default=0.0, help="VOI sum the challenger must win by")
+    promote.set_defaults(func=cmd_promote)
+
+
+def build_parser():
+    return core_cli.build_parser(extend=_extend)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return core_cli.main(argv, parser=build_parser())
+    except RegistryError as e:
+        print(f"lsdflow: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,385 @@
+"""MLflow for lsdflow: tracked training runs, a model registry with aliases, and promotion
+gated by evaluation on validation data.
+
+Kept out of `core/` (which never imports MLflow): this is the platform layer the CLI and
+the Prefect flows use. Models are registered as a state dict + config file (lsdflow's
+portable model file), never as pickled code; loading goes through `torch.load(weights_only=True)`.
+
+Default store: `sqlite:///<workspace>/mlflow.db` with artifacts under `<workspace>/mlartifacts`,
+nothing to start; `MLFLOW_TRACKING_URI` points everything at a team server instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_FILE = "model.pt"
+
+
+class RegistryError(ValueError):
+    """A model reference that cannot be resolved, or a registry action that cannot be done."""
+
+
+def tracking_uri(workspace: str | os.PathLike) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workspace).resolve() / 'mlflow.db'}"
+
+
+def _mlflow(workspace):
+    import logging
+
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri(workspace))
+    return mlflow
+
+
+def _client(workspace):
+    from mlflow import MlflowClient
+
+    _mlflow(workspace)
+    return MlflowClient()
+
+
+def experiment_id(config, workspace) -> str:
+    """One experiment per dataset config (`lsdflow-<name>`), artifacts in the workspace."""
+    mlflow = _mlflow(workspace)
+    name = f"lsdflow-{config.name}"
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        location = (Path(workspace).resolve() / "mlartifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def code_version() -> dict[str, str]:
+    """Package version and, when run from a git checkout, the commit."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("lsdflow")
+    except PackageNotFoundError:
+        package = "unknown"
+    info = {"lsdflow_version": package}
+    try:
+        root = Path(__file__).resolve().parents[1]
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        info["git_commit"] = commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if not isinstance(value, str) else value
+    return flat
+
+
+def default_model_name(config) -> str:
+    return f"mtlsd-{config.name}" if config.model.kind == "mtlsd" else f"{config.model.kind}-{config.name}"
+
+
+class TrainingRun:
+    """An MLflow run around `core.train.train`: params, loss curve, checkpoints, code version.
+
+    Use as a context manager; pass `on_log` to `train()`."""
+
+    def __init__(self, config, workspace, log_every: int | None = None):
+        self.config = config
+        self.workspace = Path(workspace)
+        self.log_every = log_every or config.training.log_every
+        self.run_id: str | None = None
+        self._logged_checkpoints: set[str] = set()
+
+    def __enter__(self) -> TrainingRun:
+        mlflow = _mlflow(self.workspace)
+        run = mlflow.start_run(experiment_id=experiment_id(self.config, self.workspace),
+                               run_name=f"train-{self.config.name}")
+        self.run_id = run.info.run_id
+        dump = self.config.model_dump(mode="json")
+        params = _flatten({k: v for k, v in dump.items() if k not in ("source", "workspace", "description")})
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 params per call
+            mlflow.log_params(dict(list(params.items())[start : start + 100]))
+        mlflow.log_dict(dump, "config.json")
+        mlflow.set_tags({**code_version(), "dataset": self.config.name, "config_hash": self.config.fingerprint()})
+        self._mlflow = mlflow
+        return self
+
+    def on_log(self, iteration: int, loss: float, seconds: float) -> None:
+        metrics = {"loss": loss}
+        if seconds > 0:
+            metrics["iterations_per_second"] = 1.0 / seconds
+        self._mlflow.log_metrics(metrics, step=iteration)
+        self.log_new_checkpoints()
+
+    def log_new_checkpoints(self) -> None:
+        for path in sorted(self.config.checkpoint_dir.glob("model_checkpoint_*")):
+            if path.name not in self._logged_checkpoints:
+                self._mlflow.log_artifact(str(path), artifact_path="checkpoints")
+                self._logged_checkpoints.add(path.name)
+
+    def finish(self, result, plot: Path | None = None) -> None:
+        self.log_new_checkpoints()
+        self._mlflow.log_metrics({"final_iteration": result.iteration,
+                                  "iterations_per_second_overall": result.iterations_per_second})
+        if plot and Path(plot).is_file():
+            self._mlflow.log_artifact(str(plot))
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._mlflow.end_run(status="FAILED" if exc_type else "FINISHED")
+
+
+@dataclass
+class RegisteredModel:
+    name: str
+    version: str
+    run_id: str | None
+    tags: dict[str, str]
+    file: Path  # the downloaded model file
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    def lineage(self) -> dict[str, Any]:
+        """What a prediction made with this model records about it."""
+        return {
+            "model_name": self.name,
+            "model_version": self.version,
+            "model_run_id": self.run_id,
+            "model_config_hash": self.tags.get("config_hash"),
+            "model_uri": self.uri,
+            **({"best_threshold": float(self.tags["best_threshold"])} if "best_threshold" in self.tags else {}),
+        }
+
+
+def register_model(model_file, config, workspace, run_id: str | None = None, name: str | None = None,
+                   alias: str = CHALLENGER, tags: dict | None = None) -> RegisteredModel:
+    """Register a portable model file as a new version of `name` with `alias` (challenger).
+
+    Without a training run, a run is made to hold the file (any checkpoint can be registered
+    on demand)."""
+    from ..core.checkpoints import load_model
+
+    model_file = Path(model_file)
+    _, meta = load_model(model_file)  # refuses files that are not lsdflow models
+    mlflow = _mlflow(workspace)
+    client = _client(workspace)
+    name = name or default_model_name(config)
+    if run_id is None:
+        with mlflow.start_run(experiment_id=experiment_id(config, workspace), run_name=f"register-{model_file.name}") as run:
+            mlflow.set_tags({**code_version(), "dataset": config.name})
+            run_id = run.info.run_id
+    active = mlflow.active_run()
+    same_run = active is not None and active.info.run_id == run_id
+    with contextlib.nullcontext() if same_run else mlflow.start_run(run_id=run_id):
+        import shutil
+        import tempfile
+
+        # logged under the one name the loader looks for, whatever the file was called
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / MODEL_FILE
+            shutil.copyfile(model_file, copy)
+            mlflow.log_artifact(str(copy), artifact_path="registered_model")
+        artifact_uri = mlflow.get_artifact_uri("registered_model")
+    try:
+        client.get_registered_model(name)
+    except Exception:  # noqa: BLE001 - MlflowException for a missing model
+        client.create_registered_model(name, description=f"lsdflow {config.model.kind} models for {config.name}")
+    version_tags = {
+        "dataset": config.name,
+        "config_hash": str(meta.get("config_fingerprint") or config.fingerprint()),
+        "training_run": run_id,
+        "model_iteration": str(meta.get("iteration")),
+        "source_file": str(model_file.resolve()),
+        **{k: str(v) for k, v in (tags or {}).items()},
+    }
+    version = client.create_model_version(name, source=artifact_uri, run_id=run_id, tags=version_tags)
+    _wait_ready(client, name, version.version)
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    return resolve_model(f"models:/{name}/{version.version}", workspace)
+
+
+def _wait_ready(client, name: str, version: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get_model_version(name, version).status != "READY":
+        if time.monotonic() > deadline:
+            raise RegistryError(f"model {name} version {version} did not become READY")
+        time.sleep(0.2)
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """`models:/name@alias` or `models:/name/version` → (name, version, alias)."""
+    if not uri.startswith("models:/"):
+        raise RegistryError(f"{uri!r}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    rest = uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, None, alias
+    if "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        return name, version, None
+    raise RegistryError(f"{uri!r}: give an alias (@champion) or a version (/3)")
+
+
+def resolve_model(uri: str, workspace) -> RegisteredModel:
+    """The registered version behind `uri`, with its model file downloaded (cached by version)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(workspace)
+    name, version, alias = parse_model_uri(uri)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        known = [m.name for m in client.search_registered_models()]
+        raise RegistryError(f"no registered model {name!r} in {tracking_uri(workspace)} (known: {known})") from None
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException:
+        aliases = client.get_registered_model(name).aliases
+        what = f"alias {alias!r}" if alias else f"version {version!r}"
+        raise RegistryError(f"model {name!r} has no {what} (aliases: {dict(aliases)})") from None
+    cache = Path(workspace).resolve() / "models" / name / str(mv.version)
+    file = cache / MODEL_FILE
+    if not file.is_file():
+        import mlflow
+
+        cache.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(cache))
+        found = next(cache.rglob(MODEL_FILE), None)
+        if found is None:
+            raise RegistryError(f"model {name} version {mv.version}: no {MODEL_FILE} in {mv.source}")
+        if found != file:
+            found.replace(file)
+    return RegisteredModel(name, str(mv.version), mv.run_id, dict(mv.tags), file)
+
+
+def load_registered_model(uri: str, workspace, device: str = "cpu"):
+    """(torch.nn.Module ready to use, its metadata incl. config, RegisteredModel)."""
+    from ..core.checkpoints import load_model
+
+    registered = resolve_model(uri, workspace)
+    model, meta = load_model(registered.file, device)
+    return model, meta, registered
+
+
+def record_evaluation(registered: RegisteredModel, report: dict, volume: str, workspace, config) -> None:
+    """Log an evaluation as a run and as tags of the model version."""
+    mlflow = _mlflow(workspace)
+    client = _client(workspace)
+    best = report["best"]
+    with mlflow.start_run(experiment_id=experiment_id(config, workspace),
+                          run_name=f"evaluate-{registered.name}-v{registered.version}"):
+        mlflow.set_tags({"model_uri": registered.uri, "validation_volume": volume, **code_version()})
+        for row in report["scores"]:
+            mlflow.log_metrics({f"{k}": row[k] for k in ("voi_split", "voi_merge", "voi_sum", "arand")},
+                               step=int(round(row["threshold"] * 1000)))
+        mlflow.log_metrics({f"best_{k}": best[k] for k in ("voi_split", "voi_merge", "voi_sum", "arand")})
+        mlflow.log_param("best_threshold", best["threshold"])
+        if report.get("json"):
+            mlflow.log_artifact(str(report["json"]))
+        for picture in report.get("pictures", []):
+            mlflow.log_artifact(str(picture))
+    tags = {
+        "validation_volume": volume,
+        "voi_split": best["voi_split"], "voi_merge": best["voi_merge"], "voi_sum": best["voi_sum"],
+        "arand": best["arand"], "best_threshold": best["threshold"],
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(registered.name, registered.version, key, str(value))
+
+
+def promote(name: str, workspace, margin: float = 0.0, log_file: Path | None = None) -> dict:
+    """Move `champion` to the `challenger` version when it beats the champion's VOI sum on the
+    same validation volume by more than `margin` (or when there is no champion).
+
+    Every decision is appended to a JSON-lines log and to the challenger's `promotion_history`
+    tag: aliases keep no history of their own."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(workspace)
+    challenger = _version_by_alias(client, name, CHALLENGER)
+    if challenger is None:
+        raise RegistryError(f"model {name!r} has no {CHALLENGER!r} version to promote")
+    if "voi_sum" not in challenger.tags:
+        raise RegistryError(
+            f"{name} version {challenger.version} has not been evaluated: run `lsdflow evaluate-model "
+            f"models:/{name}@{CHALLENGER} --volume VALIDATION.zarr` first"
+        )
+    champion = _version_by_alias(client, name, CHAMPION)
+    decision: dict[str, Any] = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": name,
+        "challenger": challenger.version,
+        "challenger_voi_sum": float(challenger.tags["voi_sum"]),
+        "validation_volume": challenger.tags.get("validation_volume"),
+        "margin": margin,
+    }
+    if champion is None:
+        promoted, reason = True, "no champion yet"
+    elif champion.version == challenger.version:
+        promoted, reason = False, "the challenger already is the champion"
+    elif "voi_sum" not in champion.tags:
+        promoted, reason = True, "the champion has no evaluation"
+    elif champion.tags.get("validation_volume") != challenger.tags.get("validation_volume"):
+        raise RegistryError(
+            f"{name}: champion v{champion.version} was evaluated on {champion.tags.get('validation_volume')}, "
+            f"challenger v{challenger.version} on {challenger.tags.get('validation_volume')}; evaluate both on the same volume"
+        )
+    else:
+        champion_voi = float(champion.tags["voi_sum"])
+        decision["champion_voi_sum"] = champion_voi
+        promoted = decision["challenger_voi_sum"] < champion_voi - margin
+        reason = (
+            f"VOI sum {decision['challenger_voi_sum']:.4f} vs champion's {champion_voi:.4f} "
+            f"({'better' if promoted else 'not better'} by more than {margin})"
+        )
+    decision.update(champion=champion.version if champion else None, promoted=promoted, reason=reason)
+    if promoted:
+        try:
+            client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        except MlflowException as e:
+            raise RegistryError(f"could not move {CHAMPION!r} of {name}: {e}") from e
+    history = json.loads(challenger.tags.get("promotion_history", "[]"))
+    history.append({k: decision[k] for k in ("time", "promoted", "reason", "champion")})
+    client.set_model_version_tag(name, challenger.version, "promotion_history", json.dumps(history))
+    log_file = Path(log_file or Path(workspace) / "promotions.jsonl")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as f:
+        f.write(json.dumps(decision) + "\n")
+    decision["log"] = str(log_file)
+    return decision
+
+
+def _version_by_alias(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None

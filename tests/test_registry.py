@@ -1,0 +1,117 @@
+"""MLflow tracking, registry, promotion and prediction by alias — real MLflow on SQLite."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+import zarr
+
+from lsdflow.core.checkpoints import load_model
+from lsdflow.core.config import load_config
+from lsdflow.flows.cli import main
+from lsdflow.flows.registry import RegistryError, load_registered_model, resolve_model
+
+from .conftest import ROOT, TINY_NET
+
+SHIPPED = ROOT / "data" / "pretrained" / "gala_mtlsd.pt"
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "ws"
+
+
+def _cli(workspace, *args) -> int:
+    return main([*args, "--workspace", str(workspace)])
+
+
+@pytest.mark.slow
+def test_train_register_evaluate_promote_predict_by_alias(workspace, gala_test, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    overrides = [a for o in TINY_NET for a in ("--set", o)]
+    # v1: the shipped model, registered on demand, evaluated, promoted (no champion yet)
+    assert _cli(workspace, "register", "gala", str(SHIPPED)) == 0
+    assert _cli(workspace, "evaluate-model", "gala", "@challenger", "--volume", str(gala_test), "--quiet") == 0
+    assert _cli(workspace, "promote", "gala") == 0
+    assert "v1 promoted: no champion yet" in capsys.readouterr().out
+
+    # v2: a tiny network trained for a few iterations: tracked, registered as challenger
+    assert _cli(workspace, "train", "gala", *overrides, "--iterations", "4", "--quiet") == 0
+    out = capsys.readouterr().out
+    assert "registered models:/mtlsd-gala/2 as @challenger" in out
+    challenger = resolve_model("models:/mtlsd-gala@challenger", workspace)
+    assert challenger.version == "2"
+    client = MlflowClient()
+    run = client.get_run(challenger.run_id)
+    assert run.data.params["model.num_fmaps"] == "4" and run.data.tags["dataset"] == "gala"
+    assert "git_commit" in run.data.tags and run.data.tags["config_hash"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")]
+    assert any(a.endswith("model_checkpoint_4") for a in artifacts)
+    assert challenger.tags["dataset"] == "gala" and challenger.tags["training_run"] == run.info.run_id
+
+    # it loses on validation data: the promotion is refused and recorded
+    assert _cli(workspace, "evaluate-model", "gala", "@challenger", "--volume", str(gala_test), "--quiet") == 0
+    assert _cli(workspace, "promote", "gala", "--margin", "0.01") == 0
+    assert "v2 not promoted" in capsys.readouterr().out
+    assert resolve_model("models:/mtlsd-gala@champion", workspace).version == "1"
+    log = [json.loads(line) for line in (workspace / "promotions.jsonl").read_text().splitlines()]
+    assert [d["promoted"] for d in log] == [True, False]
+    history = json.loads(resolve_model("models:/mtlsd-gala/2", workspace).tags["promotion_history"])
+    assert history[-1]["promoted"] is False
+
+    # prediction by alias records lineage; segmenting then uses the model's best threshold
+    volume = tmp_path / "vol.zarr"
+    shutil.copytree(gala_test, volume)
+    assert _cli(workspace, "predict", "gala", str(volume), "--model", "models:/mtlsd-gala@champion", "--quiet") == 0
+    attrs = zarr.open(str(volume / "volumes/pred_affs")).attrs.asdict()
+    champion = resolve_model("models:/mtlsd-gala@champion", workspace)
+    assert attrs["model_name"] == "mtlsd-gala" and attrs["model_version"] == "1"
+    assert attrs["model_run_id"] == champion.run_id and attrs["model_config_hash"] == champion.tags["config_hash"]
+    best = float(champion.tags["best_threshold"])
+    assert attrs["best_threshold"] == best
+    assert _cli(workspace, "segment", "gala", str(volume)) == 0
+    assert (volume / f"volumes/segmentation/hist_quant_50/{best:g}").exists()
+
+    # the default model reference comes from the config (prediction.model = ...@champion)
+    other = tmp_path / "other.zarr"
+    shutil.copytree(gala_test, other)
+    assert _cli(workspace, "predict", "gala", str(other), "--quiet") == 0
+    assert zarr.open(str(other / "volumes/pred_affs")).attrs["model_version"] == "1"
+
+
+def test_loading_by_alias_restores_identical_weights(workspace):
+    from lsdflow.flows.registry import register_model
+
+    config = load_config("gala", workspace=workspace)
+    register_model(SHIPPED, config, workspace, alias="champion")
+    model, meta, registered = load_registered_model("models:/mtlsd-gala@champion", workspace)
+    original, _ = load_model(SHIPPED)
+    assert isinstance(model, torch.nn.Module) and meta["iteration"] == 2500
+    for (name, a), (_, b) in zip(model.state_dict().items(), original.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert registered.tags["config_hash"] and registered.tags["source_file"].endswith("gala_mtlsd.pt")
+
+
+def test_missing_models_and_aliases_are_clear_errors(workspace, capsys, tmp_path):
+    from lsdflow.flows.registry import register_model
+
+    config = load_config("gala", workspace=workspace)
+    with pytest.raises(RegistryError, match="no registered model 'nope'"):
+        resolve_model("models:/nope@champion", workspace)
+    register_model(SHIPPED, config, workspace)  # challenger only
+    with pytest.raises(RegistryError, match="has no alias 'champion'"):
+        resolve_model("models:/mtlsd-gala@champion", workspace)
+    with pytest.raises(RegistryError, match="expected models:/"):
+        resolve_model("mtlsd-gala@champion", workspace)
+    with pytest.raises(RegistryError, match="has not been evaluated"):
+        from lsdflow.flows.registry import promote
+
+        promote("mtlsd-gala", workspace)
+    assert _cli(workspace, "predict", "gala", str(tmp_path / "x.zarr"), "--model", "models:/mtlsd-gala@nope") == 2
+    assert "has no alias 'nope'" in capsys.readouterr().err
