@@ -28,6 +28,15 @@ def evaluate_volume(
     )
     if not datasets:
         raise VolumeError(f"{container}: no segmentations under {prefix} (run `lsdflow segment` first)")
+    from .volumes import dataset_exists
+
+    if dataset_exists(container, RAW):
+        raw_roi = open_array(container, RAW).roi
+        if not raw_roi.contains(labels.roi):
+            raise VolumeError(
+                f"{container}: {labels_dataset} (ROI {labels.roi}) is not inside {RAW} (ROI {raw_roi}); "
+                f"labels and raw data must cover the same region"
+            )
     gt = labels[labels.roi]
     rows = []
     for dataset in datasets:

@@ -84,3 +84,19 @@ def test_evaluate_refuses_a_segmentation_on_another_roi(gala_with_gt_affs, tmp_p
     with pytest.raises(VolumeError, match="do not match"):
         evaluate_volume(gala_with_gt_affs, out_dir=tmp_path / "eval")
     assert seg is not None
+
+
+def test_evaluate_refuses_labels_outside_the_raw_data(gala_with_gt_affs, tmp_path):
+    """A label/raw ROI mismatch is a clear error, and no report is written."""
+    from funlib.geometry import Roi
+
+    from lsdflow.core.evaluate import evaluate_volume
+    from lsdflow.core.volumes import write_array
+
+    segment_volume(gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.5])
+    raw = open_array(gala_with_gt_affs, "volumes/raw")
+    smaller = Roi((0, 0, 0), (250, 1000, 2000))
+    write_array(gala_with_gt_affs, "volumes/raw", smaller, raw.voxel_size, raw[smaller])
+    with pytest.raises(VolumeError, match="is not inside volumes/raw"):
+        evaluate_volume(gala_with_gt_affs, out_dir=tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()
