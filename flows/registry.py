@@ -200,10 +200,18 @@ def register_model(model_file, config, workspace, run_id: str | None = None, nam
         import shutil
         import tempfile
 
-        # logged under the one name the loader looks for, whatever the file was called
+        # logged under the one name the loader looks for, whatever the file was called;
+        # a training checkpoint is first exported to a portable file (weights + config)
         with tempfile.TemporaryDirectory() as tmp:
             copy = Path(tmp) / MODEL_FILE
-            shutil.copyfile(model_file, copy)
+            if "format" in meta:
+                shutil.copyfile(model_file, copy)
+            else:
+                from ..core.checkpoints import export_model
+                from ..core.config import config_from_dict
+
+                export_model(model_file, config_from_dict(meta["config"]), copy, meta.get("iteration") or 0)
+                meta = {**meta, "config_fingerprint": config_from_dict(meta["config"]).fingerprint()}
             mlflow.log_artifact(str(copy), artifact_path="registered_model")
         artifact_uri = mlflow.get_artifact_uri("registered_model")
     try:

@@ -115,3 +115,20 @@ def test_missing_models_and_aliases_are_clear_errors(workspace, capsys, tmp_path
         promote("mtlsd-gala", workspace)
     assert _cli(workspace, "predict", "gala", str(tmp_path / "x.zarr"), "--model", "models:/mtlsd-gala@nope") == 2
     assert "has no alias 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_any_training_checkpoint_can_be_registered(workspace, tiny_gala_config):
+    """A gunpowder checkpoint (weights + optimizer, config beside it) is registered as a
+    portable model file."""
+    from lsdflow.core.train import train
+    from lsdflow.flows.registry import register_model
+
+    config = tiny_gala_config()
+    result = train(config, iterations=2, progress=False)
+    registered = register_model(result.checkpoint, config, workspace)
+    model, meta, _ = load_registered_model(registered.uri, workspace)
+    original, _ = load_model(result.checkpoint)
+    assert meta["format"] and meta["iteration"] == 2
+    for a, b in zip(model.state_dict().values(), original.state_dict().values()):
+        assert torch.equal(a, b)
