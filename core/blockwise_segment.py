@@ -189,6 +189,166 @@ def _check_affinities_dataset(container: Path, dataset: str):
     return affs
 
 
+class BlockwiseSegmentation:
+    """The four segmentation stages of one volume, each runnable on its own (the Prefect
+    tasks run them one by one) or all in order (`segment_blockwise`).
+
+    Every stage's key derives from its inputs, so a stage can tell whether its result is
+    up to date without the earlier stages having run in this process."""
+
+    def __init__(self, config, container, affs_dataset: str = "volumes/pred_affs", graph_url: str | None = None,
+                 settings: RunSettings | None = None):
+        self.container = Path(container).resolve()
+        self.affs_dataset = affs_dataset
+        seg = config.segmentation
+        bw = config.blockwise
+        self.settings = settings or RunSettings(bw.workers, bw.retries, bw.block_timeout_s, bw.launcher)
+        self.merge_function = seg.merge_function
+        scoring_function(self.merge_function)  # unknown names fail before any work
+        self.fragments_in_xy = seg.fragments_in_xy if seg.fragments_in_xy is not None else config.data.is_anisotropic
+        self.min_seed_distance = seg.min_seed_distance
+        self.filter_fragments = seg.filter_fragments
+        affs = _check_affinities_dataset(self.container, affs_dataset)
+        self.roi, self.voxel_size = affs.roi, affs.voxel_size
+        block_nm, context_nm = config.segmentation_blocks_nm
+        self.block_size, self.context = Coordinate(block_nm), Coordinate(context_nm)
+        vs = self.voxel_size
+        if any(b % v for b, v in zip(self.block_size, vs)) or any(c % v for c, v in zip(self.context, vs)):
+            raise VolumeError(
+                f"{self.container}/{affs_dataset}: voxel size {tuple(vs)} nm does not divide the block size "
+                f"{tuple(self.block_size)} / context {tuple(self.context)} nm of the config"
+            )
+        self.chunk_shape = tuple(self.block_size / vs)
+        self.graph_url = graph_url or bw.graph or default_graph_url(self.container)
+        self.sample = sample_name(self.container)
+        self.geometry = {"block": tuple(self.block_size), "context": tuple(self.context), "roi": str(self.roi)}
+
+    # keys: what each stage's result depends on
+    @property
+    def fragments_key(self) -> str:
+        return stage_key(
+            stage="fragments", code=CODE_VERSION, affs=dataset_fingerprint(self.container, self.affs_dataset),
+            fragments_in_xy=self.fragments_in_xy, min_seed_distance=self.min_seed_distance,
+            filter_fragments=self.filter_fragments, **self.geometry,
+        )
+
+    def edges_key(self, fragments_key: str | None = None) -> str:
+        return stage_key(stage="agglomerate", code=CODE_VERSION, fragments=fragments_key or self.fragments_key,
+                         merge_function=self.merge_function, **self.geometry)
+
+    def _stage(self, name, process_block, tracking_dir) -> Stage:
+        return Stage(name, self.roi, self.block_size, self.context, process_block, tracking_dir,
+                     log_dir=self.container / ".lsdflow" / "logs" / name)
+
+    def fragments(self) -> dict:
+        key = self.fragments_key
+        staged = StagedArrays(
+            self.container,
+            [OutputArray("volumes/fragments", self.roi, self.voxel_size, "uint64", self.chunk_shape,
+                         attrs={"affinities": f"{self.container}/{self.affs_dataset}", "graph": _public(self.graph_url)})],
+            key,
+        )
+        with open_graph_store(self.graph_url, self.sample) as store:
+            if store.get_meta("fragments_key") == key and staged.complete():
+                return {"stage": "fragments", "up_to_date": True, "key": key}
+            if store.get_meta("fragments_key") != key:
+                # new fragments: the old graph describes other fragments
+                store.clear_nodes()
+                for mf in store.merge_functions():
+                    store.clear_edges(mf)
+                store.set_meta("fragments_key", key)
+                shutil.rmtree(self.container / staged.partial(staged.outputs[0]), ignore_errors=True)
+        partials = staged.prepare()
+        summary = run_stage(self._stage("fragments", FragmentsBlock(
+            self.container, self.affs_dataset, partials["volumes/fragments"], self.graph_url, self.sample, self.roi,
+            self.block_size, self.fragments_in_xy, self.min_seed_distance, self.filter_fragments,
+        ), staged.tracking_dir), self.settings)
+        staged.commit()
+        return {**summary, "key": key}
+
+    def agglomerate(self) -> dict:
+        key = self.edges_key()
+        mf = self.merge_function
+        tracking = self.container / ".lsdflow" / f"agglomerate-{mf}-{key}"
+        with open_graph_store(self.graph_url, self.sample) as store:
+            if store.get_meta(f"edges_complete/{mf}") == key:
+                return {"stage": "agglomerate", "up_to_date": True, "key": key}
+            if store.get_meta(f"edges_key/{mf}") != key:
+                store.clear_edges(mf)
+                shutil.rmtree(tracking, ignore_errors=True)
+                store.set_meta(f"edges_key/{mf}", key)
+        for stale in tracking.parent.glob(f"agglomerate-{mf}-*"):
+            if stale != tracking:
+                shutil.rmtree(stale, ignore_errors=True)
+        summary = run_stage(self._stage("agglomerate", AgglomerateBlock(
+            self.container, self.affs_dataset, "volumes/fragments", self.graph_url, self.sample, self.roi,
+            self.block_size, mf,
+        ), tracking), self.settings)
+        with open_graph_store(self.graph_url, self.sample) as store:
+            store.set_meta(f"edges_complete/{mf}", key)
+        shutil.rmtree(tracking, ignore_errors=True)
+        return {**summary, "key": key}
+
+    def find_segments(self, thresholds: Sequence[float]) -> dict:
+        import time
+
+        start = time.perf_counter()
+        key = self.edges_key()
+        with open_graph_store(self.graph_url, self.sample) as store:
+            if store.get_meta(f"edges_complete/{self.merge_function}") != key:
+                raise VolumeError(
+                    f"{self.container}: the region graph {_public(self.graph_url)} has no complete agglomeration "
+                    f"for these fragments ({self.merge_function}); run the agglomerate stage first"
+                )
+            nodes = store.read_nodes()
+            edges = store.read_edges(self.merge_function)
+        thresholds = sorted(float(t) for t in thresholds)
+        luts = segment_luts(nodes.ids, edges.u, edges.v, edges.merge_score, thresholds)
+        paths = write_luts(self.container / "luts" / self.merge_function, nodes.ids, luts, key=key)
+        return {
+            "stage": "find_segments", "nodes": len(nodes), "edges": len(edges),
+            "segments": {t: int(lut.max(initial=0)) for t, lut in luts.items()},
+            "seconds": round(time.perf_counter() - start, 3), "luts": paths, "key": key,
+        }
+
+    def relabel(self, thresholds: Sequence[float]) -> dict:
+        from .find_segments import lut_path
+
+        edges_key = self.edges_key()
+        luts_dir = self.container / "luts" / self.merge_function
+        thresholds = sorted(float(t) for t in thresholds)
+        outputs = [
+            OutputArray(
+                f"volumes/segmentation/{self.merge_function}/{t:g}", self.roi, self.voxel_size, "uint64",
+                self.chunk_shape,
+                attrs={"threshold": t, "merge_function": self.merge_function, "lut": str(lut_path(luts_dir, t)),
+                       "fragments": f"{self.container}/volumes/fragments", "graph": _public(self.graph_url)},
+                key=stage_key(stage="relabel", code=CODE_VERSION, edges=edges_key, threshold=t, **self.geometry),
+            )
+            for t in thresholds
+        ]
+        missing = [o for o in outputs if not StagedArrays(self.container, [o], o.key).complete()]
+        if not missing:
+            return {"stage": "relabel", "up_to_date": True}
+        for o in missing:
+            path = lut_path(luts_dir, o.attrs["threshold"])
+            if not path.is_file() or str(np.load(path)["key"]) != edges_key:
+                raise VolumeError(f"{path}: no lookup table for the current region graph; run find-segments first")
+        staged = StagedArrays(self.container, missing, stage_key(keys=[o.key for o in missing]))
+        partials = staged.prepare()
+        summary = run_stage(self._stage("relabel", RelabelBlock(
+            self.container, self.affs_dataset, "volumes/fragments",
+            {float(o.attrs["threshold"]): o.attrs["lut"] for o in missing},
+            {float(o.attrs["threshold"]): partials[o.dataset] for o in missing},
+        ), staged.tracking_dir), self.settings)
+        staged.commit()
+        return summary
+
+    def segmentation_datasets(self, thresholds: Sequence[float]) -> dict[float, Path]:
+        return {float(t): self.container / f"volumes/segmentation/{self.merge_function}/{float(t):g}"
+                for t in sorted(thresholds)}
+
+
 def segment_blockwise(
     config,
     container,
@@ -202,134 +362,18 @@ def segment_blockwise(
     Writes `volumes/fragments`, the region graph (nodes + edges for the merge function),
     `luts/<merge_function>/<threshold>.npz` and `volumes/segmentation/<merge_function>/<threshold>`
     in `container`. Returns per-stage summaries and the written datasets."""
-    container = Path(container).resolve()
-    seg = config.segmentation
-    bw = config.blockwise
-    settings = settings or RunSettings(bw.workers, bw.retries, bw.block_timeout_s, bw.launcher)
-    thresholds = sorted(float(t) for t in (thresholds or seg.thresholds))
-    merge_function = seg.merge_function
-    scoring_function(merge_function)  # unknown names fail before any work
-    fragments_in_xy = seg.fragments_in_xy if seg.fragments_in_xy is not None else config.data.is_anisotropic
-    affs = _check_affinities_dataset(container, affs_dataset)
-    roi, vs = affs.roi, affs.voxel_size
-    block_nm, context_nm = config.segmentation_blocks_nm
-    block_size, context = Coordinate(block_nm), Coordinate(context_nm)
-    if any(b % v for b, v in zip(block_size, vs)) or any(c % v for c, v in zip(context, vs)):
-        raise VolumeError(
-            f"{container}/{affs_dataset}: voxel size {tuple(vs)} nm does not divide the block size "
-            f"{tuple(block_size)} / context {tuple(context)} nm of the config"
-        )
-    chunk_shape = tuple(block_size / vs)
-    graph_url = graph_url or bw.graph or default_graph_url(container)
-    sample = sample_name(container)
-    store = open_graph_store(graph_url, sample)
-    summaries = {}
-    geometry = {"block": tuple(block_size), "context": tuple(context), "roi": str(roi)}
-
-    # fragments
-    fragments_key = stage_key(
-        stage="fragments", code=CODE_VERSION, affs=dataset_fingerprint(container, affs_dataset),
-        fragments_in_xy=fragments_in_xy, min_seed_distance=seg.min_seed_distance,
-        filter_fragments=seg.filter_fragments, **geometry,
-    )
-    fragments = StagedArrays(
-        container,
-        [OutputArray("volumes/fragments", roi, vs, "uint64", chunk_shape,
-                     attrs={"affinities": f"{container}/{affs_dataset}", "graph": _public(graph_url)})],
-        fragments_key,
-    )
-    if store.get_meta("fragments_key") != fragments_key or not fragments.complete():
-        if store.get_meta("fragments_key") != fragments_key:
-            store.clear_nodes()
-            for mf in store.merge_functions():
-                store.clear_edges(mf)
-            store.set_meta("fragments_key", fragments_key)
-            shutil.rmtree(container / fragments.partial(fragments.outputs[0]), ignore_errors=True)
-        partials = fragments.prepare()
-        stage = Stage(
-            "fragments", roi, block_size, context,
-            FragmentsBlock(container, affs_dataset, partials["volumes/fragments"], graph_url, sample, roi,
-                           block_size, fragments_in_xy, seg.min_seed_distance, seg.filter_fragments),
-            fragments.tracking_dir,
-            log_dir=container / ".lsdflow" / "logs" / "fragments",
-        )
-        summaries["fragments"] = run_stage(stage, settings)
-        fragments.commit()
-    else:
-        summaries["fragments"] = {"stage": "fragments", "up_to_date": True}
-
-    # agglomerate
-    edges_key = stage_key(stage="agglomerate", code=CODE_VERSION, fragments=fragments_key,
-                          merge_function=merge_function, **geometry)
-    tracking = container / ".lsdflow" / f"agglomerate-{merge_function}-{edges_key}"
-    if store.get_meta(f"edges_complete/{merge_function}") != edges_key:
-        if store.get_meta(f"edges_key/{merge_function}") != edges_key:
-            store.clear_edges(merge_function)
-            shutil.rmtree(tracking, ignore_errors=True)
-            store.set_meta(f"edges_key/{merge_function}", edges_key)
-        for stale in tracking.parent.glob(f"agglomerate-{merge_function}-*"):
-            if stale != tracking:
-                shutil.rmtree(stale, ignore_errors=True)
-        stage = Stage(
-            "agglomerate", roi, block_size, context,
-            AgglomerateBlock(container, affs_dataset, "volumes/fragments", graph_url, sample, roi, block_size,
-                             merge_function),
-            tracking,
-            log_dir=container / ".lsdflow" / "logs" / "agglomerate",
-        )
-        summaries["agglomerate"] = run_stage(stage, settings)
-        store.set_meta(f"edges_complete/{merge_function}", edges_key)
-        shutil.rmtree(tracking, ignore_errors=True)
-    else:
-        summaries["agglomerate"] = {"stage": "agglomerate", "up_to_date": True}
-
-    # find segments
-    import time
-
-    start = time.perf_counter()
-    nodes = store.read_nodes()
-    edges = store.read_edges(merge_function)
-    luts = segment_luts(nodes.ids, edges.u, edges.v, edges.merge_score, thresholds)
-    lut_paths = write_luts(container / "luts" / merge_function, nodes.ids, luts, key=edges_key)
-    summaries["find_segments"] = {
-        "stage": "find_segments", "nodes": len(nodes), "edges": len(edges),
-        "segments": {t: int(lut.max(initial=0)) for t, lut in luts.items()},
-        "seconds": round(time.perf_counter() - start, 3),
-    }
-    store.close()
-
-    # relabel
-    outputs = [
-        OutputArray(
-            f"volumes/segmentation/{merge_function}/{t:g}", roi, vs, "uint64", chunk_shape,
-            attrs={"threshold": t, "merge_function": merge_function, "lut": str(lut_paths[t]),
-                   "fragments": f"{container}/volumes/fragments", "graph": _public(graph_url)},
-            key=stage_key(stage="relabel", code=CODE_VERSION, edges=edges_key, threshold=t, **geometry),
-        )
-        for t in thresholds
-    ]
-    missing = [o for o in outputs if not StagedArrays(container, [o], o.key).complete()]
-    if missing:
-        relabel = StagedArrays(container, missing, stage_key(keys=[o.key for o in missing]))
-        partials = relabel.prepare()
-        stage = Stage(
-            "relabel", roi, block_size, context,
-            RelabelBlock(container, affs_dataset, "volumes/fragments",
-                         {float(o.attrs["threshold"]): str(lut_paths[o.attrs["threshold"]]) for o in missing},
-                         {float(o.attrs["threshold"]): partials[o.dataset] for o in missing}),
-            relabel.tracking_dir,
-            log_dir=container / ".lsdflow" / "logs" / "relabel",
-        )
-        summaries["relabel"] = run_stage(stage, settings)
-        relabel.commit()
-    else:
-        summaries["relabel"] = {"stage": "relabel", "up_to_date": True}
+    job = BlockwiseSegmentation(config, container, affs_dataset, graph_url, settings)
+    thresholds = sorted(float(t) for t in (thresholds or config.segmentation.thresholds))
+    stages = {"fragments": job.fragments(), "agglomerate": job.agglomerate()}
+    found = job.find_segments(thresholds)
+    stages["find_segments"] = {k: v for k, v in found.items() if k != "luts"}
+    stages["relabel"] = job.relabel(thresholds)
     return {
-        "graph": _public(graph_url),
-        "stages": summaries,
-        "fragments": container / "volumes/fragments",
-        "luts": lut_paths,
-        "segmentations": {t: container / f"volumes/segmentation/{merge_function}/{t:g}" for t in thresholds},
+        "graph": _public(job.graph_url),
+        "stages": stages,
+        "fragments": job.container / "volumes/fragments",
+        "luts": found["luts"],
+        "segmentations": job.segmentation_datasets(thresholds),
     }
 
 
@@ -339,4 +383,4 @@ def _public(url: str) -> str:
     return redact(url)
 
 
-__all__ = ["AgglomerateBlock", "FragmentsBlock", "RelabelBlock", "segment_blockwise"]
+__all__ = ["AgglomerateBlock", "BlockwiseSegmentation", "FragmentsBlock", "RelabelBlock", "segment_blockwise"]
