@@ -99,3 +99,20 @@ def graph_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'graph.db'}"
     return request.getfixturevalue("mongodb_url")
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """A real (temporary) Prefect API for the session, its home and result storage in a
+    temp dir."""
+    import os
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(home / "storage")
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

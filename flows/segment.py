@@ -1,0 +1,23 @@
+"""The `segment` flow: affinities → fragments → agglomerate → find segments → relabel."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from ..core.config import load_config
+from ..tasks import segmentation
+from ..tasks.references import ArrayRef
+
+
+@flow(name="segment")
+def segment(config_name: str, volume: str, affs_dataset: str = "volumes/pred_affs",
+            thresholds: list[float] | None = None, graph_url: str | None = None,
+            overrides: list[str] | None = None) -> list[ArrayRef]:
+    """Segment `volume`'s affinities block by block; returns the segmentation datasets."""
+    config = load_config(config_name, overrides or [])
+    thresholds = thresholds or list(config.segmentation.thresholds)
+    affs = ArrayRef.of(volume, affs_dataset)
+    graph = segmentation.fragments(config, affs, graph_url)
+    graph = segmentation.agglomerate(config, affs, graph, graph_url)
+    luts = segmentation.find_segments(config, affs, graph, thresholds, graph_url)
+    return segmentation.relabel(config, affs, luts, thresholds, graph_url)

@@ -1,0 +1,63 @@
+"""The blockwise segmentation stages as Prefect tasks: fragments, agglomerate, find
+segments, relabel. Each is cached on the key its core stage derives from what it depends
+on (input fingerprints, parameters, code version), so a rerun on unchanged inputs
+recomputes nothing and a new threshold recomputes only find-segments and relabel."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from ..core.blockwise_segment import BlockwiseSegmentation
+from .references import ArrayRef, GraphRef, LutsRef
+from .retry import retry_transient
+
+RETRIES = dict(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient, persist_result=True)
+
+
+def _job(parameters) -> BlockwiseSegmentation:
+    affs: ArrayRef = parameters["affs"]
+    return BlockwiseSegmentation(parameters["config"], affs.container, affs.dataset, parameters.get("graph_url"))
+
+
+def _thresholds_key(parameters) -> str:
+    return ",".join(f"{float(t):g}" for t in sorted(parameters["thresholds"]))
+
+
+@task(name="fragments", cache_key_fn=lambda ctx, p: f"fragments-{_job(p).fragments_key}", timeout_seconds=24 * 3600,
+      **RETRIES)
+def fragments(config, affs: ArrayRef, graph_url: str | None = None) -> GraphRef:
+    job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url)
+    summary = job.fragments()
+    return GraphRef(url=_public(job.graph_url), sample=job.sample, key=summary["key"])
+
+
+@task(name="agglomerate", cache_key_fn=lambda ctx, p: f"agglomerate-{_job(p).edges_key()}", timeout_seconds=24 * 3600,
+      **RETRIES)
+def agglomerate(config, affs: ArrayRef, graph: GraphRef, graph_url: str | None = None) -> GraphRef:
+    job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url)
+    summary = job.agglomerate()
+    return GraphRef(url=graph.url, sample=graph.sample, key=summary["key"])
+
+
+@task(name="find-segments", cache_key_fn=lambda ctx, p: f"find-segments-{_job(p).edges_key()}-{_thresholds_key(p)}",
+      timeout_seconds=3600, **RETRIES)
+def find_segments(config, affs: ArrayRef, graph: GraphRef, thresholds: list[float], graph_url: str | None = None) -> LutsRef:
+    job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url)
+    found = job.find_segments(thresholds)
+    return LutsRef(directory=str(job.container / "luts" / job.merge_function),
+                   thresholds=tuple(sorted(found["segments"])), key=found["key"])
+
+
+@task(name="relabel", cache_key_fn=lambda ctx, p: f"relabel-{p['luts'].key}-{_thresholds_key(p)}",
+      timeout_seconds=24 * 3600, **RETRIES)
+def relabel(config, affs: ArrayRef, luts: LutsRef, thresholds: list[float], graph_url: str | None = None) -> list[ArrayRef]:
+    job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url)
+    job.relabel(thresholds)
+    return [ArrayRef.of(job.container, f"volumes/segmentation/{job.merge_function}/{float(t):g}")
+            for t in sorted(thresholds)]
+
+
+def _public(url: str) -> str:
+    from ..core.graphstore import redact
+
+    return redact(url)

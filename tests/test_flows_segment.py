@@ -1,0 +1,86 @@
+"""The segment flow on a real Prefect API: cached reruns, partial recomputation, retries."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from lsdflow.core.affinities import labels_to_affinities
+from lsdflow.core.blockwise import BlockwiseError
+from lsdflow.core.blockwise_segment import BlockwiseSegmentation
+from lsdflow.core.volumes import VolumeError, open_array, write_array
+
+BLOCKS = ["blockwise.block_size_nm=[640, 640, 640]"]
+
+
+@pytest.fixture
+def volume(tmp_path, gala_test):
+    container = tmp_path / "gala.zarr"
+    shutil.copytree(gala_test, container)
+    labels = open_array(container, "volumes/labels/neuron_ids")
+    affs = labels_to_affinities(labels[labels.roi], [(-1, 0, 0), (0, -1, 0), (0, 0, -1)])
+    write_array(container, "volumes/pred_affs", labels.roi, labels.voxel_size, (affs * 255).astype(np.uint8))
+    return container
+
+
+def _task_states(flow_state) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
+    # task run names are "<task name>-<suffix>"
+    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+
+
+@pytest.mark.slow
+def test_reruns_are_cached_and_a_new_threshold_recomputes_only_downstream(prefect_api, volume):
+    from lsdflow.flows.segment import segment
+
+    first = segment(config_name="gala", volume=str(volume), thresholds=[0.5], overrides=BLOCKS, return_state=True)
+    assert first.is_completed()
+    assert set(_task_states(first).values()) == {"Completed"}
+    refs = first.result()
+    assert refs[0].dataset == "volumes/segmentation/hist_quant_50/0.5"
+
+    again = segment(config_name="gala", volume=str(volume), thresholds=[0.5], overrides=BLOCKS, return_state=True)
+    assert set(_task_states(again).values()) == {"Cached"}
+
+    changed = segment(config_name="gala", volume=str(volume), thresholds=[0.3], overrides=BLOCKS, return_state=True)
+    states = _task_states(changed)
+    assert states["fragments"] == "Cached" and states["agglomerate"] == "Cached"
+    assert states["find-segments"] == "Completed" and states["relabel"] == "Completed"
+    assert (volume / "volumes/segmentation/hist_quant_50/0.3").exists()
+
+
+def test_transient_failures_are_retried_and_bad_input_is_not(prefect_api, volume, monkeypatch):
+    from lsdflow.flows import segment as segment_flow
+    from lsdflow.tasks import segmentation
+
+    calls = {"n": 0}
+    original = BlockwiseSegmentation.fragments
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise BlockwiseError("stage 'fragments': 1 block(s) failed (injected)")
+        return original(self)
+
+    monkeypatch.setattr(BlockwiseSegmentation, "fragments", flaky)
+    monkeypatch.setattr(segmentation, "fragments", segmentation.fragments.with_options(
+        retry_delay_seconds=0, cache_key_fn=None, cache_policy=None, refresh_cache=True))
+    state = segment_flow.segment(config_name="gala", volume=str(volume), thresholds=[0.5],
+                                 overrides=[*BLOCKS, "segmentation.min_seed_distance=9"], return_state=True)
+    assert state.is_completed() and calls["n"] == 2
+
+    def bad(self):
+        calls["n"] += 1
+        raise VolumeError(f"{volume}/volumes/pred_affs: NaN affinities (injected)")
+
+    calls["n"] = 0
+    monkeypatch.setattr(BlockwiseSegmentation, "fragments", bad)
+    state = segment_flow.segment(config_name="gala", volume=str(volume), thresholds=[0.5],
+                                 overrides=[*BLOCKS, "segmentation.min_seed_distance=8"], return_state=True)
+    assert state.is_failed() and calls["n"] == 1
