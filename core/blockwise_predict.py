@@ -166,11 +166,7 @@ def predict_blockwise(
     attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
     attrs.update(extra_attrs or {})  # e.g. the registered model's lineage
     probe = {name: channels for name, channels in zip(model.outputs, _output_channels(model, input_shape))}
-    key = stage_key(
-        stage="predict", code=CODE_VERSION, raw=dataset_fingerprint(container, config.data.raw_dataset),
-        model=_file_sha256(model_file), input_shape=input_shape, output_shape=output_shape, dtype=dtype,
-        block=tuple(block_size), mask=bw.mask_dataset,
-    )
+    key = _prediction_key(config, container, model_file, input_shape, output_shape, dtype, block_size, extra_attrs)
     outputs = [
         OutputArray(f"volumes/pred_{name}", raw.roi, vs, dtype, tuple(block_voxels), num_channels=channels,
                     attrs=dict(attrs))
@@ -178,7 +174,8 @@ def predict_blockwise(
     ]
     staged = StagedArrays(container, outputs, key)
     if staged.complete():
-        return {"stage": {"stage": "predict", "up_to_date": True}, "written": [container / o.dataset for o in outputs]}
+        return {"stage": {"stage": "predict", "up_to_date": True, "key": key},
+                "written": [container / o.dataset for o in outputs]}
     partials = staged.prepare()
     empty_dir = staged.tracking_dir / "empty"
     stage = Stage(
@@ -195,7 +192,28 @@ def predict_blockwise(
     summary["processed"] = max(0, summary["processed"] - empty)
     summary["skipped"] += empty
     written = staged.commit()
-    return {"stage": summary, "written": written}
+    return {"stage": {**summary, "key": key}, "written": written}
+
+
+def _prediction_key(config, container, model_file, input_shape, output_shape, dtype, block_size, lineage) -> str:
+    return stage_key(
+        stage="predict", code=CODE_VERSION, raw=dataset_fingerprint(container, config.data.raw_dataset),
+        model=_file_sha256(Path(model_file)), input_shape=tuple(input_shape), output_shape=tuple(output_shape),
+        dtype=dtype, block=tuple(block_size), mask=config.blockwise.mask_dataset, lineage=lineage or {},
+    )
+
+
+def prediction_key(config, container, model_file, output_dtype: str | None = None, extra_attrs: dict | None = None) -> str:
+    """The key of `predict_blockwise`'s result for these inputs (what its cache depends on)."""
+    from .checkpoints import load_model
+
+    container = Path(container).resolve()
+    model, _ = load_model(model_file)
+    input_shape, output_shape = config.with_model(model.config).prediction_shapes
+    vs = open_array(container, config.data.raw_dataset).voxel_size
+    block_size = Coordinate(o * t for o, t in zip(output_shape, config.blockwise.prediction_tiles)) * vs
+    return _prediction_key(config, container, model_file, input_shape, output_shape,
+                           output_dtype or config.prediction.output_dtype, block_size, extra_attrs)
 
 
 def _output_channels(model, input_shape) -> list[int]:
@@ -212,4 +230,4 @@ def _output_channels(model, input_shape) -> list[int]:
     return [int(r.shape[1]) for r in result]
 
 
-__all__ = ["PredictBlock", "VolumeError", "empty_block_mask", "predict_blockwise", "worker_device"]
+__all__ = ["PredictBlock", "VolumeError", "empty_block_mask", "predict_blockwise", "prediction_key", "worker_device"]

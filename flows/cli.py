@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ..core import cli as core_cli
-from .registry import CHAMPION, RegistryError, default_model_name, tracking_uri
+from .registry import CHAMPION, RegistryError, _model_uri, default_model_name, resolve_prediction_model, tracking_uri
 
 
 def _workspace(config) -> Path:
@@ -81,33 +81,6 @@ def cmd_promote(args) -> int:
     print(f"{name} v{decision['challenger']} {verb}: {decision['reason']}")
     print(f"decision log: {decision['log']}")
     return 0
-
-
-def _model_uri(reference: str, config) -> str:
-    """`@champion` → models:/<default name>@champion; full URIs pass through."""
-    if reference.startswith("@"):
-        return f"models:/{default_model_name(config)}{reference}"
-    return reference
-
-
-def resolve_prediction_model(reference: str | None, config):
-    """(model file, lineage attrs, description) for `--model`, else the config's
-    `prediction.model`, else its `prediction.checkpoint` file."""
-    from .registry import resolve_model
-
-    workspace = _workspace(config)
-    if reference and not reference.startswith(("models:/", "@")):
-        return Path(reference), {}, reference
-    uri = _model_uri(reference, config) if reference else config.prediction.model
-    if uri:
-        try:
-            registered = resolve_model(uri, workspace)
-            return registered.file, registered.lineage(), f"{uri} (version {registered.version})"
-        except RegistryError as e:
-            if reference or config.prediction.checkpoint is None:
-                raise
-            print(f"note: {e}; using prediction.checkpoint {config.prediction.checkpoint}", file=sys.stderr)
-    return config.prediction.checkpoint, {}, str(config.prediction.checkpoint)
 
 
 def cmd_predict(args) -> int:

@@ -391,3 +391,30 @@ def _version_by_alias(client, name: str, alias: str):
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def _model_uri(reference: str, config) -> str:
+    """`@champion` → models:/<default name>@champion; full URIs pass through."""
+    if reference.startswith("@"):
+        return f"models:/{default_model_name(config)}{reference}"
+    return reference
+
+
+def resolve_prediction_model(reference: str | None, config):
+    """(model file, lineage attrs, description) for `--model`, else the config's
+    `prediction.model`, else its `prediction.checkpoint` file."""
+    import sys
+
+    workspace = config.resolved_workspace
+    if reference and not reference.startswith(("models:/", "@")):
+        return Path(reference), {}, reference
+    uri = _model_uri(reference, config) if reference else config.prediction.model
+    if uri:
+        try:
+            registered = resolve_model(uri, workspace)
+            return registered.file, registered.lineage(), f"{uri} (version {registered.version})"
+        except RegistryError as e:
+            if reference or config.prediction.checkpoint is None:
+                raise
+            print(f"note: {e}; using prediction.checkpoint {config.prediction.checkpoint}", file=sys.stderr)
+    return config.prediction.checkpoint, {}, str(config.prediction.checkpoint)

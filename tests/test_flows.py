@@ -84,3 +84,29 @@ def test_transient_failures_are_retried_and_bad_input_is_not(prefect_api, volume
     state = segment_flow.segment(config_name="gala", volume=str(volume), thresholds=[0.5],
                                  overrides=[*BLOCKS, "segmentation.min_seed_distance=8"], return_state=True)
     assert state.is_failed() and calls["n"] == 1
+
+
+@pytest.mark.slow
+def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_path, gala_test):
+    import time
+
+    from lsdflow.flows.process_acquisition import process_acquisition
+
+    volume = tmp_path / "acquisition.zarr"
+    shutil.copytree(gala_test, volume)
+    kwargs = dict(path=str(volume), config_name="gala", overrides=BLOCKS, workspace=str(tmp_path / "ws"),
+                  thresholds=[0.1, 0.2])
+    began = time.perf_counter()
+    first = process_acquisition(**kwargs, return_state=True)
+    first_seconds = time.perf_counter() - began
+    assert first.is_completed(), first
+    result = first.result()
+    assert result["segmentations"] == ["volumes/segmentation/hist_quant_50/0.1", "volumes/segmentation/hist_quant_50/0.2"]
+    assert result["best"]["voi_sum"] < 3.0
+    assert set(_task_states(first)) == {"predict", "fragments", "agglomerate", "find-segments", "relabel", "evaluate"}
+
+    began = time.perf_counter()
+    again = process_acquisition(**kwargs, return_state=True)
+    again_seconds = time.perf_counter() - began
+    assert set(_task_states(again).values()) == {"Cached"}
+    assert again_seconds < 0.5 * first_seconds, (again_seconds, first_seconds)

@@ -1,0 +1,58 @@
+"""`process-acquisition`: a new volume → segmentation with the champion, scored when it
+has ground truth. Every step is a cached task: rerunning on unchanged input recomputes
+nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from ..core.config import load_config
+from ..core.volumes import dataset_exists
+from ..tasks import segmentation
+from ..tasks.artifacts import publish_summary
+from ..tasks.conversion import convert_acquisition
+from ..tasks.evaluation import evaluate
+from ..tasks.prediction import predict
+from ..tasks.references import ArrayRef
+
+
+@flow(name="process-acquisition")
+def process_acquisition(path: str, config_name: str = "gala", model: str | None = None,
+                        thresholds: list[float] | None = None, graph_url: str | None = None,
+                        overrides: list[str] | None = None, output: str | None = None,
+                        workspace: str | None = None) -> dict:
+    """convert (when not Zarr) → predict → fragments → agglomerate → find segments → relabel
+    → evaluate (when the volume has labels) → a summary in the UI."""
+    config = load_config(config_name, overrides or [], workspace)
+    source = Path(path).resolve()
+    if source.suffix == ".zarr":
+        container = source
+        raw = ArrayRef.of(container, config.data.raw_dataset)
+    else:
+        container = Path(output) if output else source.with_suffix(".zarr")
+        raw = convert_acquisition(str(source), str(container), list(config.data.voxel_size))
+    predictions = predict(config, raw, model)
+    affs = next(p for p in predictions if p.dataset.endswith("pred_affs"))
+    thresholds = thresholds or _thresholds(affs, config)
+    graph = segmentation.fragments(config, affs, graph_url)
+    graph = segmentation.agglomerate(config, affs, graph, graph_url)
+    luts = segmentation.find_segments(config, affs, graph, thresholds, graph_url)
+    segmentations = segmentation.relabel(config, affs, luts, thresholds, graph_url)
+    result = {"volume": str(container), "segmentations": [s.dataset for s in segmentations], "graph": graph.url}
+    if dataset_exists(container, config.data.labels_dataset):
+        scores = evaluate(config, segmentations, ArrayRef.of(container, config.data.labels_dataset))
+        result["best"] = scores["best"]
+    publish_summary(f"acquisition-{container}", f"acquisition {container.name}",
+                    {"volume": str(container), "ROI (nm)": raw.roi, "segmentations": ", ".join(result["segmentations"]),
+                     "region graph": graph.url,
+                     **({"best VOI sum": f"{result['best']['voi_sum']:.4f} at {result['best']['threshold']:g}"}
+                        if "best" in result else {})})
+    return result
+
+
+def _thresholds(affs: ArrayRef, config) -> list[float]:
+    from ..core.segment import default_thresholds
+
+    return default_thresholds(affs.container, affs.dataset, config.segmentation.thresholds)

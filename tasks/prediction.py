@@ -1,0 +1,37 @@
+"""The predict stage as a Prefect task, cached on raw data + model file + lineage + shapes."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from ..core.blockwise_predict import predict_blockwise, prediction_key
+from .artifacts import publish_summary
+from .references import ArrayRef
+from .retry import retry_transient
+
+
+def _key(ctx, parameters) -> str:
+    from ..flows.registry import resolve_prediction_model
+
+    config, raw = parameters["config"], parameters["raw"]
+    model_file, lineage, _ = resolve_prediction_model(parameters.get("model"), config)
+    return "predict-" + prediction_key(config, raw.container, model_file, extra_attrs=lineage)
+
+
+@task(name="predict", cache_key_fn=_key, retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_transient,
+      persist_result=True, timeout_seconds=48 * 3600)
+def predict(config, raw: ArrayRef, model: str | None = None) -> list[ArrayRef]:
+    """Affinities and LSDs for `raw`'s volume with `model` (a file or models:/ URI; default
+    the config's prediction.model, e.g. the champion)."""
+    from ..flows.registry import resolve_prediction_model
+
+    model_file, lineage, described = resolve_prediction_model(model, config)
+    result = predict_blockwise(config, raw.container, model_file=model_file, extra_attrs=lineage)
+    stage = result["stage"]
+    publish_summary(
+        f"predict-{raw.container}", "prediction",
+        {"volume": raw.container, "ROI (nm)": raw.roi, "model": described,
+         "blocks": stage.get("blocks", "up to date"), "skipped (empty)": stage.get("skipped", 0),
+         "seconds": stage.get("seconds", 0), "outputs": ", ".join(str(p) for p in result["written"])},
+    )
+    return [ArrayRef.of(raw.container, f"volumes/{path.name}") for path in result["written"]]
