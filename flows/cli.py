@@ -135,6 +135,40 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    """Run a flow directly (an ephemeral Prefect API is started when none is configured)."""
+    import json
+
+    if args.flow == "process-acquisition":
+        from .process_acquisition import process_acquisition
+
+        result = process_acquisition(path=str(args.path), config_name=args.config, model=args.model,
+                                     thresholds=args.thresholds, graph_url=args.graph, overrides=args.overrides,
+                                     workspace=args.workspace)
+    elif args.flow == "watch-acquisitions":
+        from .watch_acquisitions import watch_acquisitions
+
+        result = watch_acquisitions(landing=str(args.path), settle_seconds=args.settle_seconds, config_name=args.config)
+    else:
+        from .segment import segment
+
+        result = [r.model_dump() for r in segment(config_name=args.config, volume=str(args.path),
+                                                  thresholds=args.thresholds, graph_url=args.graph,
+                                                  overrides=args.overrides)]
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from prefect import serve
+
+    from ..deployments.serve import deployments
+
+    serve(*deployments(landing=str(args.landing) if args.landing else None, config_name=args.config,
+                       watch_minutes=args.watch_minutes))
+    return 0
+
+
 def _extend(sub, parsers) -> None:
     parsers["train"].set_defaults(func=cmd_train)
     parsers["train"].add_argument("--no-register", action="store_true", help="do not register the trained model")
@@ -166,6 +200,24 @@ def _extend(sub, parsers) -> None:
     promote.add_argument("--name", help="registered model name (default mtlsd-<config>)")
     promote.add_argument("--margin", type=float, default=0.0, help="VOI sum the challenger must win by")
     promote.set_defaults(func=cmd_promote)
+
+    run = sub.add_parser("run", help="run a flow directly: process-acquisition PATH, watch-acquisitions LANDING, segment VOLUME")
+    run.add_argument("flow", choices=["process-acquisition", "watch-acquisitions", "segment"])
+    run.add_argument("path", type=Path, help="the acquisition, the landing directory or the volume")
+    run.add_argument("--config", default="gala")
+    run.add_argument("--model", help="model file or models:/ URI (default: prediction.model of the config)")
+    run.add_argument("--thresholds", type=float, nargs="+")
+    run.add_argument("--graph", help="region graph URL (default SQLite beside the Zarr)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    run.add_argument("--workspace")
+    run.add_argument("--settle-seconds", type=float, default=60.0, help="watch-acquisitions: unchanged for this long")
+    run.set_defaults(func=cmd_run)
+
+    serve = sub.add_parser("serve", help="serve every deployment from this process (single machine)")
+    serve.add_argument("--landing", type=Path, help="landing directory to watch for new acquisitions")
+    serve.add_argument("--config", default="gala")
+    serve.add_argument("--watch-minutes", type=float, default=5.0)
+    serve.set_defaults(func=cmd_serve)
 
 
 def build_parser():

@@ -4,10 +4,12 @@ nothing."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from prefect import flow
 
+from ..core.acquisitions import check_inside_roots
 from ..core.config import load_config
 from ..core.volumes import dataset_exists
 from ..tasks import segmentation
@@ -22,11 +24,13 @@ from ..tasks.references import ArrayRef
 def process_acquisition(path: str, config_name: str = "gala", model: str | None = None,
                         thresholds: list[float] | None = None, graph_url: str | None = None,
                         overrides: list[str] | None = None, output: str | None = None,
-                        workspace: str | None = None) -> dict:
+                        workspace: str | None = None, data_roots: list[str] | None = None) -> dict:
     """convert (when not Zarr) → predict → fragments → agglomerate → find segments → relabel
     → evaluate (when the volume has labels) → a summary in the UI."""
     config = load_config(config_name, overrides or [], workspace)
-    source = Path(path).resolve()
+    roots = data_roots or [r for r in os.environ.get("LSDFLOW_DATA_ROOTS", "").split(os.pathsep) if r]
+    # a path from an event must not point anywhere else on the machine
+    source = check_inside_roots(path, roots) if roots else Path(path).resolve()
     if source.suffix == ".zarr":
         container = source
         raw = ArrayRef.of(container, config.data.raw_dataset)

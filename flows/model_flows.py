@@ -1,0 +1,43 @@
+"""Thin flows for training and the registry: train (→ register as challenger),
+evaluate (a registered model on validation data), promote."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from ..core.config import load_config
+from ..tasks import models
+
+
+@flow(name="train")
+def train(config_name: str = "gala", iterations: int | None = None, overrides: list[str] | None = None,
+          workspace: str | None = None) -> str:
+    """Train, track in MLflow, register the model as challenger; returns its models:/ URI."""
+    config = load_config(config_name, overrides or [], workspace)
+    trained = models.train(config, iterations)
+    return models.register(config, trained["model_file"], trained["run_id"])
+
+
+@flow(name="evaluate")
+def evaluate(model_uri: str = "@challenger", config_name: str = "gala", volume: str | None = None,
+             overrides: list[str] | None = None, workspace: str | None = None) -> dict:
+    from ..flows.registry import _model_uri
+
+    config = load_config(config_name, overrides or [], workspace)
+    volume = volume or str(config.data.validation[0])
+    return models.evaluate_model(config, _model_uri(model_uri, config), volume)
+
+
+@flow(name="promote")
+def promote(config_name: str = "gala", name: str | None = None, margin: float = 0.0,
+            overrides: list[str] | None = None, workspace: str | None = None) -> dict:
+    """Evaluate the challenger on the validation volume, then promote it if it wins."""
+    config = load_config(config_name, overrides or [], workspace)
+    models.evaluate_model(config, f"models:/{name or _default_name(config)}@challenger", str(config.data.validation[0]))
+    return models.promote(config, name, margin)
+
+
+def _default_name(config) -> str:
+    from ..flows.registry import default_model_name
+
+    return default_model_name(config)

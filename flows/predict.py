@@ -1,0 +1,16 @@
+"""The `predict` flow: affinities and LSDs for a volume with a registered model."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from ..core.config import load_config
+from ..tasks.prediction import predict as predict_task
+from ..tasks.references import ArrayRef
+
+
+@flow(name="predict")
+def predict(volume: str, config_name: str = "gala", model: str | None = None, overrides: list[str] | None = None,
+            workspace: str | None = None) -> list[ArrayRef]:
+    config = load_config(config_name, overrides or [], workspace)
+    return predict_task(config, ArrayRef.of(volume, config.data.raw_dataset), model)
