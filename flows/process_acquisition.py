@@ -14,6 +14,7 @@ from ..core.config import load_config
 from ..core.volumes import dataset_exists
 from ..tasks import segmentation
 from ..tasks.artifacts import publish_summary
+from ..tasks.assets import array_asset, graph_asset, materializing, ref_asset
 from ..tasks.conversion import convert_acquisition
 from ..tasks.evaluation import evaluate
 from ..tasks.prediction import predict
@@ -37,13 +38,22 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
     else:
         container = Path(output) if output else source.with_suffix(".zarr")
         raw = convert_acquisition(str(source), str(container), list(config.data.voxel_size))
-    predictions = predict(config, raw, model)
+    raw_asset = ref_asset(raw)
+    pred_assets = [array_asset(raw.container, "volumes/pred_affs"), array_asset(raw.container, "volumes/pred_lsds")]
+    predictions = materializing(predict, pred_assets, [raw_asset])(config, raw, model)
     affs = next(p for p in predictions if p.dataset.endswith("pred_affs"))
     thresholds = thresholds or _thresholds(affs, config)
-    graph = segmentation.fragments(config, affs, graph_url)
-    graph = segmentation.agglomerate(config, affs, graph, graph_url)
+    job_graph = _graph_asset(config, affs, graph_url)
+    fragments_asset = array_asset(affs.container, "volumes/fragments")
+    graph = materializing(segmentation.fragments, [fragments_asset, job_graph], [ref_asset(affs)])(
+        config, affs, graph_url)
+    graph = materializing(segmentation.agglomerate, [job_graph + "/edges"], [fragments_asset, ref_asset(affs)])(
+        config, affs, graph, graph_url)
     luts = segmentation.find_segments(config, affs, graph, thresholds, graph_url)
-    segmentations = segmentation.relabel(config, affs, luts, thresholds, graph_url)
+    seg_assets = [array_asset(affs.container, f"volumes/segmentation/{config.segmentation.merge_function}/{t:g}")
+                  for t in sorted(thresholds)]
+    segmentations = materializing(segmentation.relabel, seg_assets, [fragments_asset, job_graph + "/edges"])(
+        config, affs, luts, thresholds, graph_url)
     result = {"volume": str(container), "segmentations": [s.dataset for s in segmentations], "graph": graph.url}
     if dataset_exists(container, config.data.labels_dataset):
         scores = evaluate(config, segmentations, ArrayRef.of(container, config.data.labels_dataset))
@@ -54,6 +64,13 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
                      **({"best VOI sum": f"{result['best']['voi_sum']:.4f} at {result['best']['threshold']:g}"}
                         if "best" in result else {})})
     return result
+
+
+def _graph_asset(config, affs: ArrayRef, graph_url: str | None) -> str:
+    from ..core.graphstore import default_graph_url, sample_name
+
+    return graph_asset(graph_url or config.blockwise.graph or default_graph_url(affs.container),
+                       sample_name(affs.container))
 
 
 def _thresholds(affs: ArrayRef, config) -> list[float]:

@@ -35,6 +35,27 @@ def _task_states(flow_state) -> dict[str, str]:
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
 
+def _materialized_assets(timeout: float = 30) -> dict[str, set[str]]:
+    """Asset key -> keys of the assets it was made from, from the server's events."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(EventFilter(event=EventNameFilter(prefix=["prefect.asset.materialization"])),
+                                      limit=50)
+        found = {}
+        for event in page.events:
+            related = {r.id for r in event.related if r.role == "asset"}
+            found.setdefault(event.resource.id, set()).update(related)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
+
+
 @pytest.mark.slow
 def test_reruns_are_cached_and_a_new_threshold_recomputes_only_downstream(prefect_api, volume):
     from lsdflow.flows.segment import segment
@@ -104,6 +125,11 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
     assert result["segmentations"] == ["volumes/segmentation/hist_quant_50/0.1", "volumes/segmentation/hist_quant_50/0.2"]
     assert result["best"]["voi_sum"] < 3.0
     assert set(_task_states(first)) == {"predict", "fragments", "agglomerate", "find-segments", "relabel", "evaluate"}
+    materialized = _materialized_assets()
+    segmentation_asset = f"file://{volume}/volumes/segmentation/hist_quant_50/0.1"
+    assert segmentation_asset in materialized
+    assert f"file://{volume}/volumes/fragments" in materialized[segmentation_asset]  # lineage
+    assert f"file://{volume}/volumes/raw" in materialized[f"file://{volume}/volumes/pred_affs"]
 
     began = time.perf_counter()
     again = process_acquisition(**kwargs, return_state=True)
