@@ -54,7 +54,7 @@ class RunSettings:
     retries: int = 2
     block_timeout_s: float = 600.0
     launcher: str | None = None
-    progress: bool = True
+    progress: object = True  # a bar, False, or a daisy progress observer (on_start/on_progress/on_finish)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from prefect import task
 
 from ..core.blockwise_predict import predict_blockwise, prediction_key
 from .artifacts import publish_summary
+from .progress import blockwise_settings
 from .references import ArrayRef
 from .retry import retry_transient
 
@@ -26,7 +27,8 @@ def predict(config, raw: ArrayRef, model: str | None = None) -> list[ArrayRef]:
     from ..flows.registry import resolve_prediction_model
 
     model_file, lineage, described = resolve_prediction_model(model, config)
-    result = predict_blockwise(config, raw.container, model_file=model_file, extra_attrs=lineage)
+    result = predict_blockwise(config, raw.container, model_file=model_file, extra_attrs=lineage,
+                               settings=blockwise_settings(config, "predict"))
     stage = result["stage"]
     publish_summary(
         f"predict-{raw.container}", "prediction",

@@ -8,6 +8,7 @@ from __future__ import annotations
 from prefect import task
 
 from ..core.blockwise_segment import BlockwiseSegmentation
+from .progress import blockwise_settings
 from .references import ArrayRef, GraphRef, LutsRef
 from .retry import retry_transient
 
@@ -26,7 +27,7 @@ def _thresholds_key(parameters) -> str:
 @task(name="fragments", cache_key_fn=lambda ctx, p: f"fragments-{_job(p).fragments_key}", timeout_seconds=24 * 3600,
       **RETRIES)
 def fragments(config, affs: ArrayRef, graph_url: str | None = None) -> GraphRef:
-    job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url)
+    job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url, blockwise_settings(config, "fragments"))
     summary = job.fragments()
     return GraphRef(url=_public(job.graph_url), sample=job.sample, key=summary["key"])
 
@@ -34,7 +35,7 @@ def fragments(config, affs: ArrayRef, graph_url: str | None = None) -> GraphRef:
 @task(name="agglomerate", cache_key_fn=lambda ctx, p: f"agglomerate-{_job(p).edges_key()}", timeout_seconds=24 * 3600,
       **RETRIES)
 def agglomerate(config, affs: ArrayRef, graph: GraphRef, graph_url: str | None = None) -> GraphRef:
-    job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url)
+    job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url, blockwise_settings(config, "agglomerate"))
     summary = job.agglomerate()
     return GraphRef(url=graph.url, sample=graph.sample, key=summary["key"])
 
@@ -51,7 +52,7 @@ def find_segments(config, affs: ArrayRef, graph: GraphRef, thresholds: list[floa
 @task(name="relabel", cache_key_fn=lambda ctx, p: f"relabel-{p['luts'].key}-{_thresholds_key(p)}",
       timeout_seconds=24 * 3600, **RETRIES)
 def relabel(config, affs: ArrayRef, luts: LutsRef, thresholds: list[float], graph_url: str | None = None) -> list[ArrayRef]:
-    job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url)
+    job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url, blockwise_settings(config, "relabel"))
     job.relabel(thresholds)
     return [ArrayRef.of(job.container, f"volumes/segmentation/{job.merge_function}/{float(t):g}")
             for t in sorted(thresholds)]

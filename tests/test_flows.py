@@ -35,8 +35,9 @@ def _task_states(flow_state) -> dict[str, str]:
     return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
 
 
-def _materialized_assets(timeout: float = 30) -> dict[str, set[str]]:
-    """Asset key -> keys of the assets it was made from, from the server's events."""
+def _materialized_assets(wanted: str, timeout: float = 60) -> dict[str, set[str]]:
+    """Asset key -> keys of the assets it was made from, from the server's events (waits
+    until `wanted` is among them: events reach the server asynchronously)."""
     import time
 
     from prefect.client.orchestration import get_client
@@ -51,7 +52,7 @@ def _materialized_assets(timeout: float = 30) -> dict[str, set[str]]:
         for event in page.events:
             related = {r.id for r in event.related if r.role == "asset"}
             found.setdefault(event.resource.id, set()).update(related)
-        if found or time.monotonic() > deadline:
+        if wanted in found or time.monotonic() > deadline:
             return found
         time.sleep(1)
 
@@ -125,8 +126,8 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
     assert result["segmentations"] == ["volumes/segmentation/hist_quant_50/0.1", "volumes/segmentation/hist_quant_50/0.2"]
     assert result["best"]["voi_sum"] < 3.0
     assert set(_task_states(first)) == {"predict", "fragments", "agglomerate", "find-segments", "relabel", "evaluate"}
-    materialized = _materialized_assets()
     segmentation_asset = f"file://{volume}/volumes/segmentation/hist_quant_50/0.1"
+    materialized = _materialized_assets(segmentation_asset)
     assert segmentation_asset in materialized
     assert f"file://{volume}/volumes/fragments" in materialized[segmentation_asset]  # lineage
     assert f"file://{volume}/volumes/raw" in materialized[f"file://{volume}/volumes/pred_affs"]
