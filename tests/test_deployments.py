@@ -44,6 +44,7 @@ def _stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_event_from_the_watcher_triggers_process_acquisition(tmp_path, gala_test):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
@@ -111,4 +112,17 @@ def test_event_from_the_watcher_triggers_process_acquisition(tmp_path, gala_test
         _stop(server)
 
 
-pytestmark = pytest.mark.slow
+
+def test_prefect_yaml_entrypoints_load():
+    """Every deployment of deployments/prefect.yaml points at a flow that loads."""
+    from pathlib import Path
+
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "deployments" / "prefect.yaml").read_text())
+    pools = {d["work_pool"]["name"] for d in spec["deployments"]}
+    assert pools == {"gpu", "cpu"}
+    for deployment in spec["deployments"]:
+        flow = load_flow_from_entrypoint(deployment["entrypoint"])
+        assert flow.name == deployment["name"] or deployment["name"] in ("train", "evaluate", "promote")
