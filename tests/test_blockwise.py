@@ -238,3 +238,21 @@ def test_bad_affinities_fail_before_anything_is_written(tmp_path, gala_test):
         segment_blockwise(load_config("gala"), container, affs_dataset="volumes/missing", settings=QUIET)
     assert not (container / "volumes/fragments").exists()
     assert not (tmp_path / "bad.graph.db").exists()
+
+
+@pytest.mark.slow
+def test_shipped_model_affinities_blockwise_matches_in_memory_at_the_best_threshold(tmp_path, gala_test):
+    from lsdflow.core.predict import predict_volume
+
+    container = tmp_path / "gala.zarr"
+    shutil.copytree(gala_test, container)
+    config = load_config("gala", GALA_BLOCKS)
+    predict_volume(config, container, progress=False)
+    affs = open_array(container, "volumes/pred_affs")
+    affs = affs[affs.roi]
+    threshold = 0.1  # the shipped model's best on gala_test
+    in_memory = agglomerate(affs, fragments_from_affinities(affs), [threshold])[threshold]
+    segment_blockwise(config, container, thresholds=[threshold], settings=QUIET)
+    labels = _labels(container)
+    labelled = labels > 0
+    assert segmentation_scores(in_memory[labelled], _segmentation(container, threshold)[labelled]).voi_sum <= 0.05
