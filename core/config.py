@@ -422,9 +422,13 @@ def load_config(
     """Read, override (`section.field=value`) and validate a config."""
     path = find_config(name_or_path)
     try:
-        tree = tomllib.loads(path.read_text())
+        # a resolved config saved as JSON (e.g. handed to a training subprocess) loads too
+        tree = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON: {e}") from None
+    tree.pop("source", None)
     for text in overrides or []:
         _set_dotted(tree, *parse_override(text))
     _resolve_paths(tree, path.parent)

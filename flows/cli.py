@@ -39,6 +39,10 @@ def cmd_train(args) -> int:
         print(f"exported model to {model_file}")
         if png:
             print(f"loss curve: {png}")
+        import json
+
+        (workspace / "last_training.json").write_text(json.dumps(
+            {"run_id": run.run_id, "model_file": str(model_file), "iteration": result.iteration}))
         if not args.no_register:
             registered = register_model(model_file, config, workspace, run_id=run.run_id, name=args.model_name)
             print(f"registered {registered.uri} as @challenger "

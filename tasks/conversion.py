@@ -10,6 +10,7 @@ from prefect import task
 
 from ..core.convert import convert
 from .references import ArrayRef
+from .retry import retry_transient
 
 
 def source_fingerprint(path) -> str:
@@ -23,7 +24,8 @@ def source_fingerprint(path) -> str:
     return digest.hexdigest()[:16]
 
 
-@task(name="convert", persist_result=True, timeout_seconds=24 * 3600,
+@task(name="convert", persist_result=True, timeout_seconds=24 * 3600, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=retry_transient,
       cache_key_fn=lambda ctx, p: f"convert-{source_fingerprint(p['source'])}-{p['output']}-{p.get('voxel_size')}")
 def convert_acquisition(source: str, output: str, voxel_size: list[int] | None = None) -> ArrayRef:
     """`source` (HDF5, TIFF, N5 or Zarr) → `output` Zarr in lsdflow's layout."""

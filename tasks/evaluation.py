@@ -9,6 +9,7 @@ from prefect import task
 from ..core.evaluate import evaluate_volume
 from .artifacts import publish_scores, publish_summary
 from .references import ArrayRef
+from .retry import retry_transient
 
 
 def _key(ctx, parameters) -> str:
@@ -17,7 +18,8 @@ def _key(ctx, parameters) -> str:
     return f"evaluate-{digest.hexdigest()[:16]}"
 
 
-@task(name="evaluate", cache_key_fn=_key, persist_result=True, timeout_seconds=6 * 3600)
+@task(name="evaluate", cache_key_fn=_key, persist_result=True, timeout_seconds=6 * 3600, retries=2,
+      retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient)
 def evaluate(config, segmentations: list[ArrayRef], labels: ArrayRef) -> dict:
     """VOI/ARAND per threshold against the labels; the report's JSON and pictures on disk,
     the table in the UI. Returns the best row and the report's paths."""

@@ -24,24 +24,33 @@ def _train_key(ctx, parameters) -> str:
       retry_condition_fn=retry_transient, timeout_seconds=7 * 24 * 3600)
 def train(config, iterations: int | None = None) -> dict:
     """Train (resuming from the newest checkpoint), tracked in MLflow; returns the exported
-    model file and the MLflow run."""
-    from ..core.checkpoints import export_model
-    from ..core.plots import plot_training_log
-    from ..core.train import train as train_model
-    from ..flows.registry import TrainingRun
+    model file and the MLflow run.
+
+    Runs `lsdflow train` in a subprocess: gunpowder forks its batch workers, and forking
+    the multi-threaded process a Prefect task runs in deadlocks them; a subprocess is also
+    what a task timeout can really stop."""
+    import json
+    import subprocess
+    import sys
 
     workspace = config.resolved_workspace
-    with TrainingRun(config, workspace) as run:
-        result = train_model(config, iterations=iterations, progress=False, on_log=run.on_log)
-        run.finish(result, plot_training_log(workspace / "training_log.csv"))
-        model_file = export_model(result.checkpoint, config, workspace / "model.pt", result.iteration)
+    workspace.mkdir(parents=True, exist_ok=True)
+    config_file = workspace / "train_config.json"
+    config_file.write_text(config.model_dump_json(indent=2))
+    command = [sys.executable, "-m", "lsdflow.flows.cli", "train", str(config_file), "--workspace", str(workspace),
+               "--no-register", "--quiet"] + (["--iterations", str(iterations)] if iterations else [])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"training failed ({' '.join(command)}):\n{done.stderr[-4000:]}")
+    trained = json.loads((workspace / "last_training.json").read_text())
     publish_summary(f"train-{config.name}", f"training {config.name}",
-                    {"iterations": result.iteration, "iterations/s": f"{result.iterations_per_second:.2f}",
-                     "device": result.device, "model file": str(model_file), "MLflow run": run.run_id})
-    return {"model_file": str(model_file), "run_id": run.run_id, "iteration": result.iteration}
+                    {"iterations": trained["iteration"], "model file": trained["model_file"],
+                     "MLflow run": trained["run_id"], "log": done.stdout.strip().splitlines()[-1:]})
+    return trained
 
 
-@task(name="register", persist_result=True)
+@task(name="register", persist_result=True, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=retry_transient, timeout_seconds=3600)
 def register(config, model_file: str, run_id: str | None = None) -> str:
     """A new registered version with alias challenger; returns its models:/ URI."""
     from ..flows.registry import register_model
@@ -49,7 +58,8 @@ def register(config, model_file: str, run_id: str | None = None) -> str:
     return register_model(model_file, config, config.resolved_workspace, run_id=run_id).uri
 
 
-@task(name="evaluate-model", persist_result=True, timeout_seconds=24 * 3600)
+@task(name="evaluate-model", persist_result=True, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=retry_transient, timeout_seconds=24 * 3600)
 def evaluate_model(config, model_uri: str, volume: str) -> dict:
     from ..flows.model_evaluation import evaluate_model as run
 
@@ -58,7 +68,8 @@ def evaluate_model(config, model_uri: str, volume: str) -> dict:
     return {"model_uri": report["model_uri"], "best": report["best"]}
 
 
-@task(name="promote", persist_result=True)
+@task(name="promote", persist_result=True, retries=2, retry_delay_seconds=[10, 60],
+      retry_condition_fn=retry_transient, timeout_seconds=3600)
 def promote(config, name: str | None = None, margin: float = 0.0) -> dict:
     from ..flows.registry import default_model_name
     from ..flows.registry import promote as run

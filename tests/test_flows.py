@@ -137,3 +137,22 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
     again_seconds = time.perf_counter() - began
     assert set(_task_states(again).values()) == {"Cached"}
     assert again_seconds < 0.5 * first_seconds, (again_seconds, first_seconds)
+
+
+@pytest.mark.slow
+def test_train_and_promote_flows(prefect_api, tmp_path, monkeypatch):
+    """train → registered challenger; promote → evaluated on validation data, champion."""
+    from lsdflow.flows.model_flows import promote, train
+    from lsdflow.flows.registry import resolve_model
+
+    from .conftest import TINY_NET
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workspace = str(tmp_path / "ws")
+    uri = train(config_name="gala", iterations=2, overrides=TINY_NET, workspace=workspace)
+    assert uri == "models:/mtlsd-gala/1"
+    assert resolve_model("models:/mtlsd-gala@challenger", workspace).version == "1"
+    decision = promote(config_name="gala", overrides=TINY_NET, workspace=workspace)
+    assert decision["promoted"] and decision["reason"] == "no champion yet"
+    champion = resolve_model("models:/mtlsd-gala@champion", workspace)
+    assert champion.version == "1" and "voi_sum" in champion.tags
