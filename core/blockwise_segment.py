@@ -27,7 +27,7 @@ from funlib.geometry import Coordinate, Roi
 
 from .blockwise import BlockProcessor, RunSettings, Stage, block_index, run_stage
 from .find_segments import LutMapper, read_lut, segment_luts, write_luts
-from .graphstore import Edges, Nodes, default_graph_url, open_graph_store, sample_name
+from .graphstore import Edges, Nodes, default_graph_url, open_graph_store, redact, sample_name
 from .merge_history import edge_merge_scores, region_adjacency
 from .segment import as_float_affinities, fill_boundaries, fragments_from_affinities, quiet_stdout, scoring_function
 from .staged_arrays import OutputArray, StagedArrays, stage_key
@@ -245,7 +245,7 @@ class BlockwiseSegmentation:
         staged = StagedArrays(
             self.container,
             [OutputArray("volumes/fragments", self.roi, self.voxel_size, "uint64", self.chunk_shape,
-                         attrs={"affinities": f"{self.container}/{self.affs_dataset}", "graph": _public(self.graph_url)})],
+                         attrs={"affinities": f"{self.container}/{self.affs_dataset}", "graph": redact(self.graph_url)})],
             key,
         )
         with open_graph_store(self.graph_url, self.sample) as store:
@@ -297,7 +297,7 @@ class BlockwiseSegmentation:
         with open_graph_store(self.graph_url, self.sample) as store:
             if store.get_meta(f"edges_complete/{self.merge_function}") != key:
                 raise VolumeError(
-                    f"{self.container}: the region graph {_public(self.graph_url)} has no complete agglomeration "
+                    f"{self.container}: the region graph {redact(self.graph_url)} has no complete agglomeration "
                     f"for these fragments ({self.merge_function}); run the agglomerate stage first"
                 )
             nodes = store.read_nodes()
@@ -322,7 +322,7 @@ class BlockwiseSegmentation:
                 f"volumes/segmentation/{self.merge_function}/{t:g}", self.roi, self.voxel_size, "uint64",
                 self.chunk_shape,
                 attrs={"threshold": t, "merge_function": self.merge_function, "lut": str(lut_path(luts_dir, t)),
-                       "fragments": f"{self.container}/volumes/fragments", "graph": _public(self.graph_url)},
+                       "fragments": f"{self.container}/volumes/fragments", "graph": redact(self.graph_url)},
                 key=stage_key(stage="relabel", code=CODE_VERSION, edges=edges_key, threshold=t, **self.geometry),
             )
             for t in thresholds
@@ -369,18 +369,12 @@ def segment_blockwise(
     stages["find_segments"] = {k: v for k, v in found.items() if k != "luts"}
     stages["relabel"] = job.relabel(thresholds)
     return {
-        "graph": _public(job.graph_url),
+        "graph": redact(job.graph_url),
         "stages": stages,
         "fragments": job.container / "volumes/fragments",
         "luts": found["luts"],
         "segmentations": job.segmentation_datasets(thresholds),
     }
-
-
-def _public(url: str) -> str:
-    from .graphstore import redact
-
-    return redact(url)
 
 
 __all__ = ["AgglomerateBlock", "BlockwiseSegmentation", "FragmentsBlock", "RelabelBlock", "segment_blockwise"]

@@ -136,10 +136,15 @@ def _print_stage(summary: dict) -> None:
 
 
 def cmd_predict(args) -> int:
+    return predict_command(args, _config(args), args.model)
+
+
+def predict_command(args, config, model_file, extra_attrs: dict | None = None) -> int:
+    """`lsdflow predict` with the model already chosen (a file; the platform CLI resolves
+    registered models and passes their lineage as `extra_attrs`)."""
     from .predict import predict_volume
     from .volumes import open_array
 
-    config = _config(args)
     dtype = "float32" if args.float32 else None
     if args.blockwise:
         from .blockwise_predict import predict_blockwise
@@ -147,17 +152,17 @@ def cmd_predict(args) -> int:
         if args.output:
             raise ConfigError("--output is not supported with --blockwise: outputs go into the volume's container")
         result = predict_blockwise(
-            config, args.volume, model_file=args.model, output_dtype=dtype,
-            settings=_run_settings(args, config), device=args.device,
+            config, args.volume, model_file=model_file, output_dtype=dtype,
+            settings=_run_settings(args, config), device=args.device, extra_attrs=extra_attrs,
         )
         _print_stage(result["stage"])
         written = {p.name: p for p in result["written"]}
     else:
         written = predict_volume(
-            config, args.volume, model_file=args.model, output=args.output,
-            output_dtype=dtype, device=args.device, progress=not args.quiet,
+            config, args.volume, model_file=model_file, output=args.output,
+            output_dtype=dtype, device=args.device, progress=not args.quiet, extra_attrs=extra_attrs,
         )
-    for name, path in written.items():
+    for path in written.values():
         a = open_array(path.parent.parent, f"volumes/{path.name}")
         print(f"wrote {path}: {a.dtype} shape {tuple(a.shape)} voxel size {tuple(a.voxel_size)} nm offset {tuple(a.offset)} nm")
     return 0

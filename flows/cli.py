@@ -88,30 +88,10 @@ def cmd_promote(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..core.predict import predict_volume
-    from ..core.volumes import open_array
-
     config = core_cli._config(args)
     model_file, lineage, described = resolve_prediction_model(args.model, config)
     print(f"model: {described}")
-    dtype = "float32" if args.float32 else None
-    if args.blockwise:
-        from ..core.blockwise_predict import predict_blockwise
-
-        if args.output:
-            raise core_cli.ConfigError("--output is not supported with --blockwise: outputs go into the volume's container")
-        result = predict_blockwise(config, args.volume, model_file=model_file, output_dtype=dtype,
-                                   settings=core_cli._run_settings(args, config), device=args.device,
-                                   extra_attrs=lineage)
-        core_cli._print_stage(result["stage"])
-        written = {p.name: p for p in result["written"]}
-    else:
-        written = predict_volume(config, args.volume, model_file=model_file, output=args.output, output_dtype=dtype,
-                                 device=args.device, progress=not args.quiet, extra_attrs=lineage)
-    for path in written.values():
-        a = open_array(path.parent.parent, f"volumes/{path.name}")
-        print(f"wrote {path}: {a.dtype} shape {tuple(a.shape)} voxel size {tuple(a.voxel_size)} nm offset {tuple(a.offset)} nm")
-    return 0
+    return core_cli.predict_command(args, config, model_file, lineage)
 
 
 def cmd_demo(args) -> int:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-from pathlib import Path
 
 from prefect import task
 
+from ..core.acquisitions import describe
 from ..core.convert import convert
 from .references import ArrayRef
 from .retry import retry_transient
@@ -15,13 +14,7 @@ from .retry import retry_transient
 
 def source_fingerprint(path) -> str:
     """Names, sizes and modification times of every file of an acquisition."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    digest = hashlib.sha256()
-    for f in files:
-        stat = f.stat()
-        digest.update(f"{f.relative_to(path.parent)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
+    return describe(path).fingerprint
 
 
 @task(name="convert", persist_result=True, timeout_seconds=24 * 3600, retries=2, retry_delay_seconds=[10, 60],

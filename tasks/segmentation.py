@@ -8,6 +8,7 @@ from __future__ import annotations
 from prefect import task
 
 from ..core.blockwise_segment import BlockwiseSegmentation
+from ..core.graphstore import redact
 from .progress import blockwise_settings
 from .references import ArrayRef, GraphRef, LutsRef
 from .retry import retry_transient
@@ -29,7 +30,7 @@ def _thresholds_key(parameters) -> str:
 def fragments(config, affs: ArrayRef, graph_url: str | None = None) -> GraphRef:
     job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url, blockwise_settings(config, "fragments"))
     summary = job.fragments()
-    return GraphRef(url=_public(job.graph_url), sample=job.sample, key=summary["key"])
+    return GraphRef(url=redact(job.graph_url), sample=job.sample, key=summary["key"])
 
 
 @task(name="agglomerate", cache_key_fn=lambda ctx, p: f"agglomerate-{_job(p).edges_key()}", timeout_seconds=24 * 3600,
@@ -56,9 +57,3 @@ def relabel(config, affs: ArrayRef, luts: LutsRef, thresholds: list[float], grap
     job.relabel(thresholds)
     return [ArrayRef.of(job.container, f"volumes/segmentation/{job.merge_function}/{float(t):g}")
             for t in sorted(thresholds)]
-
-
-def _public(url: str) -> str:
-    from ..core.graphstore import redact
-
-    return redact(url)
