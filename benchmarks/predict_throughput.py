@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "predict_throughput.json")
     args = parser.parse_args()
     config = load_config("gala")
-    volume = config.data.test[0]
+    volume = config.data.test[0].path
     raw = open_array(volume, config.data.raw_dataset)
     voxels = int(np.prod(raw.shape))
     input_shape, output_shape = config.prediction_shapes

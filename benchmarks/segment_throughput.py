@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "segment_throughput.json")
     args = parser.parse_args()
     config = load_config("gala")
-    raw_array = open_array(config.data.test[0], config.data.raw_dataset)
+    raw_array = open_array(config.data.test[0].path, config.data.raw_dataset)
     model, _ = load_model(config.prediction.checkpoint)
     mean, std = intensity_stats(raw_array)
     _, affs = predict_array(model, raw_array[raw_array.roi] / 255.0, *config.prediction_shapes, mean, std)

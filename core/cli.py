@@ -216,6 +216,30 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_select_checkpoint(args) -> int:
+    from .checkpoint_selection import format_selection, segmentation_grid, select_checkpoint
+
+    config = _config(args)
+    result = select_checkpoint(
+        config, args.checkpoints or config.checkpoint_dir,
+        grid=segmentation_grid(config, args.merge_functions, args.min_seed_distances),
+        first=args.first, every=args.every, out_dir=args.out, progress=not args.quiet,
+    )
+    print(format_selection(result))
+    _print_selection_summary(config, result)
+    return 0
+
+
+def _print_selection_summary(config, result: dict) -> None:
+    best, seg = result["best"], config.segmentation
+    print(f"best on {result['volume']}: iteration {best['iteration']} ({best['checkpoint']}), "
+          f"threshold {best['threshold']:g}, VOI sum {best['voi_sum']:.3f}, ARAND {best['arand']:.3f}")
+    if (best["merge_function"], best["min_seed_distance"]) != (seg.merge_function, seg.min_seed_distance):
+        print(f"its segmentation settings differ from the config's: set segmentation.merge_function = "
+              f"\"{best['merge_function']}\" and segmentation.min_seed_distance = {best['min_seed_distance']}")
+    print(f"report: {result['json']}\npicture: {result['picture']}")
+
+
 def cmd_demo(args) -> int:
     from .demo import format_report, run_demo
 
@@ -293,6 +317,18 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, help="report directory (default <volume>_evaluation beside it)")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    select = sub.add_parser("select-checkpoint", help="score a run's checkpoints (and segmentation settings) on validation data")
+    _add_config_args(select)
+    select.add_argument("--checkpoints", type=Path, help="directory of model_checkpoint_N (default: the workspace's)")
+    select.add_argument("--first", type=int, default=0, help="skip checkpoints before this iteration")
+    select.add_argument("--every", type=int, default=1, help="score every n-th checkpoint (the last one always)")
+    select.add_argument("--merge-functions", nargs="+", metavar="NAME", help="alternatives to segmentation.merge_function")
+    select.add_argument("--min-seed-distances", type=int, nargs="+", metavar="VOXELS",
+                        help="alternatives to segmentation.min_seed_distance")
+    select.add_argument("--out", type=Path, help="report directory (default <workspace>/checkpoint_selection)")
+    select.add_argument("--quiet", action="store_true")
+    select.set_defaults(func=cmd_select_checkpoint)
+
     demo = sub.add_parser("demo", help="the shipped pretrained MTLSD on the real gala test volume")
     demo.add_argument("--train", action="store_true", help="retrain from scratch first")
     demo.add_argument("--iterations", type=int, help="iterations when retraining (default from config)")
@@ -301,7 +337,7 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
     if extend is not None:
-        extend(sub, {"train": train, "predict": predict, "segment": segment, "demo": demo})
+        extend(sub, {"train": train, "predict": predict, "segment": segment, "demo": demo, "select-checkpoint": select})
     return parser
 
 

@@ -22,6 +22,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -46,13 +47,57 @@ def _positive(name: str, value: tuple[int, ...]) -> tuple[int, ...]:
     return value
 
 
+class VolumeRef(_Strict):
+    """A Zarr volume, or a region of one: `"path"` or `{path, roi_offset_nm, roi_shape_nm}`.
+
+    The region limits where labels are used: trained on, or scored. Raw data outside it
+    still serves as the network's context. Held-out regions of one acquisition (e.g. a
+    validation block next to the training block) are written this way."""
+
+    path: Path
+    roi_offset_nm: Vec3 | None = None
+    roi_shape_nm: Vec3 | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, (str, os.PathLike)) else value
+
+    @model_validator(mode="after")
+    def _check_roi(self) -> VolumeRef:
+        if (self.roi_offset_nm is None) != (self.roi_shape_nm is None):
+            raise ValueError(f"{self.path}: give both roi_offset_nm and roi_shape_nm, or neither")
+        if self.roi_shape_nm is not None:
+            _positive("roi_shape_nm", self.roi_shape_nm)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _as_path_when_whole(self, handler):
+        # a whole volume is written as its path: configs (and their fingerprints) stay as before
+        return str(self.path) if self.roi_shape_nm is None else handler(self)
+
+    @property
+    def roi(self):
+        """The region as a funlib Roi, or None for the whole volume."""
+        if self.roi_shape_nm is None:
+            return None
+        from funlib.geometry import Roi
+
+        return Roi(self.roi_offset_nm, self.roi_shape_nm)
+
+    def __str__(self) -> str:
+        if self.roi_shape_nm is None:
+            return str(self.path)
+        return f"{self.path}[offset {tuple(self.roi_offset_nm)} nm, shape {tuple(self.roi_shape_nm)} nm]"
+
+
 class DataConfig(_Strict):
     """Where the Zarr volumes are and how their datasets are named (CREMI layout)."""
 
     voxel_size: Vec3 = Field(description="voxel size in nm (z, y, x) the data must have")
-    train: list[Path] = Field(default_factory=list)
-    validation: list[Path] = Field(default_factory=list)
-    test: list[Path] = Field(default_factory=list)
+    train: list[VolumeRef] = Field(default_factory=list)
+    validation: list[VolumeRef] = Field(default_factory=list)
+    test: list[VolumeRef] = Field(default_factory=list)
     raw_dataset: str = "volumes/raw"
     labels_dataset: str = "volumes/labels/neuron_ids"
     labels_mask_dataset: str = "volumes/labels/labels_mask"
@@ -62,6 +107,19 @@ class DataConfig(_Strict):
     @classmethod
     def _check_voxel_size(cls, v: Vec3) -> Vec3:
         return _positive("voxel_size", v)
+
+    @model_validator(mode="after")
+    def _check_regions_on_grid(self) -> DataConfig:
+        for split in ("train", "validation", "test"):
+            for volume in getattr(self, split):
+                if volume.roi_shape_nm is None:
+                    continue
+                if any(v % s for v, s in zip((*volume.roi_offset_nm, *volume.roi_shape_nm), self.voxel_size * 2)):
+                    raise ValueError(
+                        f"data.{split}: {volume}: region not on the voxel grid "
+                        f"(offset and shape must be multiples of voxel_size {tuple(self.voxel_size)} nm)"
+                    )
+        return self
 
     @property
     def anisotropy(self) -> float:
@@ -406,7 +464,11 @@ def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
     data = tree.get("data", {})
     for key in ("train", "validation", "test"):
         if key in data:
-            data[key] = [str((base / p).resolve()) for p in data[key]]
+            data[key] = [
+                {**v, "path": str((base / v["path"]).resolve())} if isinstance(v, dict) and "path" in v
+                else str((base / v).resolve()) if isinstance(v, (str, os.PathLike)) else v
+                for v in data[key]
+            ]
     pred = tree.get("prediction", {})
     if pred.get("checkpoint"):
         pred["checkpoint"] = str((base / pred["checkpoint"]).resolve())

@@ -9,12 +9,10 @@ pictures. `--train` first retrains the model from scratch.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import torch
-import zarr
 
 from .affinities import affinity_quality
 from .checkpoints import export_model, load_model
@@ -22,9 +20,9 @@ from .config import LsdflowConfig, load_config
 from .evaluate import evaluate_volume, format_scores
 from .models import build_model
 from .plots import plot_affinity_slices
-from .predict import predict_array, predict_volume
-from .segment import segment_volume
+from .predict import predict_array
 from .train import train
+from .validation import score_model
 from .volumes import intensity_stats, open_array
 
 
@@ -51,10 +49,15 @@ def run_demo(
     model, meta = load_model(model_file)
 
     volume = config.data.test[0]
-    raw_array = open_array(volume, config.data.raw_dataset)
-    labels_array = open_array(volume, config.data.labels_dataset)
+    raw_array = open_array(volume.path, config.data.raw_dataset)
+    labels_array = open_array(volume.path, config.data.labels_dataset)
     raw = raw_array[raw_array.roi]
-    labels = labels_array[raw_array.roi]
+    # scored within the test region (the whole volume unless the config names one); the
+    # raw data around it is the network's context
+    region = volume.roi if volume.roi is not None else raw_array.roi
+    labels = labels_array[region]
+    begin = (region.begin - raw_array.roi.begin) / raw_array.voxel_size
+    inside = tuple(slice(b, b + s) for b, s in zip(begin, labels.shape))
     mean, std = intensity_stats(raw_array)
     scale = 255.0 if raw.dtype.kind == "u" and raw.dtype.itemsize == 1 else 1.0
     m = config.model
@@ -67,45 +70,36 @@ def run_demo(
             net, raw / scale, input_shape, output_shape, mean, std,
             batch_size=config.prediction.batch_size, progress=progress and name == "pretrained",
         )
-        affs = outputs[net.outputs.index("affs")]
+        affs = outputs[net.outputs.index("affs")][(slice(None),) + inside]
         quality = affinity_quality(affs, labels, m.affinity_neighborhood)
         quality["seconds"] = round(time.perf_counter() - began, 2)
         report[name] = quality
         if name == "pretrained":
             report["picture"] = str(
                 plot_affinity_slices(
-                    raw, labels, affs, out_dir / "affinities.png",
-                    title=f"{config.name}: {Path(volume).name}, model iteration {meta.get('iteration')}",
+                    raw[inside], labels, affs, out_dir / "affinities.png",
+                    title=f"{config.name}: {volume.path.name}, model iteration {meta.get('iteration')}",
                 )
             )
-    report["segmentation"] = _segment_and_evaluate(config, volume, model_file, out_dir, progress, model_attrs)
+    # predict → fragments + agglomeration → VOI/ARAND in the test region, on a copy of the
+    # test volume in the workspace (the shipped data stays untouched)
+    began = time.perf_counter()
+    report["segmentation"] = score_model(
+        config, model_file, volume, out_dir / volume.path.name, out_dir=out_dir / "evaluation", model_attrs=model_attrs,
+    )
+    report["segmentation"]["seconds"] = round(time.perf_counter() - began, 2)
+    # a validation region in the same volume is scored from the same segmentation: the
+    # threshold a user would pick without looking at the test labels
+    validation = next((v for v in config.data.validation if v.path == volume.path and v.roi != volume.roi), None)
+    if validation is not None:
+        chosen = evaluate_volume(
+            out_dir / volume.path.name, config.segmentation.merge_function, config.data.labels_dataset,
+            out_dir=out_dir / "validation", roi=validation.roi,
+        )["best"]
+        test = next(r for r in report["segmentation"]["scores"] if r["threshold"] == chosen["threshold"])
+        report["segmentation"]["chosen_on_validation"] = {"validation": str(validation), **test}
     (out_dir / "demo.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def _segment_and_evaluate(config: LsdflowConfig, volume: Path, model_file: Path, out_dir: Path, progress: bool,
-                          model_attrs: dict | None = None) -> dict:
-    """predict → fragments + agglomeration → VOI/ARAND, on a copy of the test volume
-    in the workspace (the shipped data stays untouched)."""
-    work = out_dir / Path(volume).name
-    if work.exists():
-        shutil.rmtree(work)
-    for dataset in (config.data.raw_dataset, config.data.labels_dataset):
-        shutil.copytree(Path(volume) / dataset, work / dataset)
-    zarr.open_group(str(work), mode="a")
-    began = time.perf_counter()
-    predict_volume(config, work, model_file=model_file, progress=False, extra_attrs=model_attrs)
-    seg = config.segmentation
-    segment_volume(
-        work, thresholds=seg.thresholds, merge_function=seg.merge_function,
-        fragments_in_xy=bool(seg.fragments_in_xy), min_seed_distance=seg.min_seed_distance,
-    )
-    evaluation = evaluate_volume(
-        work, merge_function=seg.merge_function, labels_dataset=config.data.labels_dataset,
-        out_dir=out_dir / "evaluation",
-    )
-    evaluation["seconds"] = round(time.perf_counter() - began, 2)
-    return evaluation
 
 
 def _untrained(config: LsdflowConfig) -> torch.nn.Module:
@@ -129,6 +123,14 @@ def format_report(report: dict) -> str:
         f"segmentation of the pretrained affinities ({evaluation['merge_function']}, "
         f"{evaluation['seconds']:.0f} s for predict + segment + evaluate):",
         format_scores(evaluation),
+    ]
+    chosen = evaluation.get("chosen_on_validation")
+    if chosen:
+        lines.append(
+            f"threshold chosen on the validation region: {chosen['threshold']:g} -> VOI sum {chosen['voi_sum']:.3f}, "
+            f"ARAND {chosen['arand']:.3f} here"
+        )
+    lines += [
         f"report: {evaluation['json']}",
         *[f"picture: {p}" for p in evaluation["pictures"]],
     ]

@@ -18,9 +18,17 @@ def evaluate_volume(
     merge_function: str = "hist_quant_50",
     labels_dataset: str = NEURON_IDS,
     out_dir=None,
+    roi=None,
 ) -> dict:
+    """Scores of every segmentation under volumes/segmentation/<merge_function>/ against
+    the labels, within `roi` (a funlib Roi in nm; default: all labels)."""
     container = Path(container)
     labels = open_array(container, labels_dataset)
+    if roi is not None and not labels.roi.contains(roi):
+        raise VolumeError(
+            f"{container}/{labels_dataset}: the region to score, {roi}, is not inside the labels (ROI {labels.roi})"
+        )
+    region = roi if roi is not None else labels.roi
     prefix = f"volumes/segmentation/{merge_function}/"
     datasets = sorted(
         (d for d in list_datasets(container) if d.startswith(prefix) and "/." not in d),
@@ -37,7 +45,7 @@ def evaluate_volume(
                 f"{container}: {labels_dataset} (ROI {labels.roi}) is not inside {RAW} (ROI {raw_roi}); "
                 f"labels and raw data must cover the same region"
             )
-    gt = labels[labels.roi]
+    gt = labels[region]
     rows = []
     for dataset in datasets:
         seg = open_array(container, dataset)
@@ -46,10 +54,11 @@ def evaluate_volume(
                 f"{container}/{dataset}: ROI {seg.roi} / voxel size {tuple(seg.voxel_size)} do not match "
                 f"{labels_dataset} (ROI {labels.roi}, voxel size {tuple(labels.voxel_size)})"
             )
-        scores = segmentation_scores(gt, seg[seg.roi])
+        scores = segmentation_scores(gt, seg[region])
         rows.append({"threshold": float(dataset.removeprefix(prefix)), **scores.as_dict()})
     best = min(rows, key=lambda r: r["voi_sum"])
-    report = {"volume": str(container), "merge_function": merge_function, "scores": rows, "best": best}
+    report = {"volume": str(container), "roi": _roi_dict(region) if roi is not None else None,
+              "merge_function": merge_function, "scores": rows, "best": best}
     out_dir = Path(out_dir) if out_dir else container.parent / f"{container.stem}_evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
     from .plots import plot_segmentation_slices, plot_voi_vs_threshold
@@ -61,7 +70,7 @@ def evaluate_volume(
         raw = open_array(container, RAW)
         best_seg = open_array(container, f"{prefix}{best['threshold']:g}")
         report["pictures"].append(str(plot_segmentation_slices(
-            raw[labels.roi], gt, best_seg[best_seg.roi], out_dir / "segmentation.png",
+            raw[region], gt, best_seg[region], out_dir / "segmentation.png",
             title=f"threshold {best['threshold']:g}: VOI split {best['voi_split']:.3f}, merge {best['voi_merge']:.3f}",
         )))
     except VolumeError:
@@ -69,6 +78,10 @@ def evaluate_volume(
     (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
     report["json"] = str(out_dir / "evaluation.json")
     return report
+
+
+def _roi_dict(roi) -> dict:
+    return {"offset_nm": list(roi.offset), "shape_nm": list(roi.shape)}
 
 
 def format_scores(report: dict) -> str:

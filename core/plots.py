@@ -1,4 +1,4 @@
-"""Pictures of results people look at: loss curves (segmentation overlays come later)."""
+"""Pictures of results people look at: loss curves, slices with overlays, scores."""
 
 from __future__ import annotations
 
@@ -127,3 +127,31 @@ def plot_segmentation_slices(raw, labels, segmentation, out, title: str = "", n_
     """Rows of z-slices: raw | ground truth overlay | segmentation overlay."""
     columns = [("ground truth", _overlay(raw, labels)), ("segmentation", _overlay(raw, segmentation))]
     return _slice_panels(raw, columns, out, title, n_slices)
+
+
+def plot_checkpoint_scores(rows: list[dict], out: str | os.PathLike, title: str = "") -> Path:
+    """VOI sum and ARAND (at each setting's best threshold) vs training iteration, one line
+    per segmentation setting; the best point is marked."""
+    out = Path(out)
+    settings = sorted({(r["merge_function"], r["min_seed_distance"]) for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for mf, msd in settings:
+        mine = sorted((r for r in rows if (r["merge_function"], r["min_seed_distance"]) == (mf, msd)),
+                      key=lambda r: r["iteration"])
+        it = [r["iteration"] for r in mine]
+        for ax, key in zip(axes, ("voi_sum", "arand")):
+            ax.plot(it, [r[key] for r in mine], marker=".", label=f"{mf}, seed distance {msd}")
+    best = min(rows, key=lambda r: r["voi_sum"])
+    for ax, key, name in zip(axes, ("voi_sum", "arand"), ("VOI sum (split + merge)", "adapted Rand error")):
+        ax.scatter([best["iteration"]], [best[key]], s=120, facecolors="none", edgecolors="red", zorder=3,
+                   label="best VOI sum")
+        ax.set_xlabel("training iteration")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -28,7 +28,7 @@ from funlib.geometry import Coordinate
 from lsd.train.gp import AddLocalShapeDescriptor
 
 from .checkpoints import latest_checkpoint, save_training_checkpoint
-from .config import ConfigError, LsdflowConfig, ModelConfig, check_voxel_size
+from .config import ConfigError, LsdflowConfig, ModelConfig, VolumeRef, check_voxel_size
 from .losses import MultiTaskWeightedMSELoss
 from .models import build_model
 from .volumes import VolumeError, intensity_stats, normalization_factor, open_array
@@ -136,24 +136,37 @@ def _check_masked_fraction(config: LsdflowConfig, container: Path, labels_roi, l
 
 
 def _volume_source(
-    config: LsdflowConfig, container: Path, keys: TrainingKeys, label_padding, label_request
+    config: LsdflowConfig, volume: VolumeRef, keys: TrainingKeys, label_padding, label_request
 ):
+    container = Path(volume.path)
     arrays = _check_training_volume(config, container, needs_mito="mito_affs" in config.model.outputs)
-    _check_masked_fraction(config, container, arrays["labels"].roi, label_request)
+    labelled = arrays["labels"].roi
+    if volume.roi is not None:
+        # only this region's labels are trained on (the rest may be held out for
+        # validation); raw data around it stays available as context
+        if not labelled.contains(volume.roi):
+            raise VolumeError(f"{volume}: the training region is not inside {config.data.labels_dataset} (ROI {labelled})")
+        labelled = volume.roi
+    _check_masked_fraction(config, container, labelled, label_request)
     raw = arrays["raw"]
     mean, std = intensity_stats(raw)
     factor = normalization_factor(raw.dtype)
-    sources = [
-        gp.ArraySource(keys.raw, raw, interpolatable=True),
-        gp.ArraySource(keys.labels, arrays["labels"], interpolatable=False),
-    ]
-    if arrays["labels_mask"] is not None:
-        sources.append(gp.ArraySource(keys.labels_mask, arrays["labels_mask"], interpolatable=False))
-    else:
-        sources.append(_DenseMask(keys.labels_mask, arrays["labels"].roi, arrays["labels"].voxel_size))
+    sources = {
+        keys.raw: gp.ArraySource(keys.raw, raw, interpolatable=True),
+        keys.labels: gp.ArraySource(keys.labels, arrays["labels"], interpolatable=False),
+        keys.labels_mask: (
+            gp.ArraySource(keys.labels_mask, arrays["labels_mask"], interpolatable=False)
+            if arrays["labels_mask"] is not None
+            else _DenseMask(keys.labels_mask, arrays["labels"].roi, arrays["labels"].voxel_size)
+        ),
+    }
     if "mito" in arrays:
-        sources.append(gp.ArraySource(keys.mito, arrays["mito"], interpolatable=False))
-    pipeline = tuple(sources) + gp.MergeProvider()
+        sources[keys.mito] = gp.ArraySource(keys.mito, arrays["mito"], interpolatable=False)
+    if volume.roi is not None:
+        for key in sources:
+            if key != keys.raw:
+                sources[key] = sources[key] + gp.Crop(key, roi=volume.roi)
+    pipeline = tuple(sources.values()) + gp.MergeProvider()
     pipeline += gp.Normalize(keys.raw, factor=factor)
     # z-score per volume: acquisitions differ in contrast across microscopes
     pipeline += gp.IntensityScaleShift(keys.raw, 1.0 / std, -mean / std)
@@ -188,7 +201,7 @@ def build_training_pipeline(
 
     label_request = output_size + lsd_context * 2
     sources = tuple(
-        _volume_source(config, Path(p), keys, label_padding, label_request) for p in config.data.train
+        _volume_source(config, volume, keys, label_padding, label_request) for volume in config.data.train
     )
     pipeline = sources + gp.RandomProvider()
 

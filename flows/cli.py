@@ -59,6 +59,32 @@ def cmd_register(args) -> int:
     return 0
 
 
+def cmd_select_checkpoint(args) -> int:
+    """core's select-checkpoint; with --register the best checkpoint becomes @challenger,
+    its validation scores recorded (under the winning segmentation settings)."""
+    from ..core.checkpoint_selection import format_selection, segmentation_grid, select_checkpoint
+    from .model_evaluation import evaluate_model
+    from .registry import register_model
+
+    config = core_cli._config(args)
+    result = select_checkpoint(
+        config, args.checkpoints or config.checkpoint_dir,
+        grid=segmentation_grid(config, args.merge_functions, args.min_seed_distances),
+        first=args.first, every=args.every, out_dir=args.out, progress=not args.quiet,
+    )
+    print(format_selection(result))
+    core_cli._print_selection_summary(config, result)
+    if args.register:
+        best = result["best"]
+        registered = register_model(best["checkpoint"], config, _workspace(config), name=args.model_name)
+        scored = config.model_copy(update={"segmentation": config.segmentation.model_copy(update={
+            "merge_function": best["merge_function"], "min_seed_distance": best["min_seed_distance"]})})
+        evaluate_model(registered.uri, config.data.validation[0], scored, _workspace(config))
+        print(f"registered {registered.uri} (iteration {best['iteration']}) as @challenger with its validation "
+              f"scores; `lsdflow promote {config.name}` makes it champion if it beats the champion")
+    return 0
+
+
 def cmd_evaluate_model(args) -> int:
     from ..core.evaluate import format_scores
     from .model_evaluation import evaluate_model
@@ -164,6 +190,10 @@ def _extend(sub, parsers) -> None:
             action.help = ("model file, or registered model: models:/<name>@<alias>, models:/<name>/<version>, "
                            "@champion (default: prediction.model, else prediction.checkpoint of the config)")
     parsers["demo"].set_defaults(func=cmd_demo)
+    parsers["select-checkpoint"].set_defaults(func=cmd_select_checkpoint)
+    parsers["select-checkpoint"].add_argument("--register", action="store_true",
+                                              help="register the best checkpoint as @challenger with its scores")
+    parsers["select-checkpoint"].add_argument("--model-name", help="registered model name (default mtlsd-<config>)")
 
     register = sub.add_parser("register", help="register a model file as a new version (alias challenger)")
     core_cli._add_config_args(register)

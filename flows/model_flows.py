@@ -24,8 +24,7 @@ def evaluate(model_uri: str = "@challenger", config_name: str = "gala", volume: 
     from ..flows.registry import _model_uri
 
     config = load_config(config_name, overrides or [], workspace)
-    volume = volume or str(config.data.validation[0])
-    return models.evaluate_model(config, _model_uri(model_uri, config), volume)
+    return models.evaluate_model(config, _model_uri(model_uri, config), volume or _validation_volume(config))
 
 
 @flow(name="promote")
@@ -33,8 +32,14 @@ def promote(config_name: str = "gala", name: str | None = None, margin: float = 
             overrides: list[str] | None = None, workspace: str | None = None) -> dict:
     """Evaluate the challenger on the validation volume, then promote it if it wins."""
     config = load_config(config_name, overrides or [], workspace)
-    models.evaluate_model(config, f"models:/{name or _default_name(config)}@challenger", str(config.data.validation[0]))
+    models.evaluate_model(config, f"models:/{name or _default_name(config)}@challenger", _validation_volume(config))
     return models.promote(config, name, margin)
+
+
+def _validation_volume(config):
+    if not config.data.validation:
+        raise ValueError(f"{config.source}: data.validation is empty; name a validation volume (or region)")
+    return config.data.validation[0]
 
 
 def _default_name(config) -> str:

@@ -177,6 +177,17 @@ class RegisteredModel:
         }
 
 
+def _run_config(saved: dict, config):
+    """The config a training run saved beside its checkpoints; a run made by an older
+    lsdflow whose config no longer validates keeps its network on the current config."""
+    from ..core.config import ConfigError, ModelConfig, config_from_dict
+
+    try:
+        return config_from_dict(saved)
+    except ConfigError:
+        return config.with_model(ModelConfig.model_validate(saved["model"]))
+
+
 def register_model(model_file, config, workspace, run_id: str | None = None, name: str | None = None,
                    alias: str = CHALLENGER, tags: dict | None = None) -> RegisteredModel:
     """Register a portable model file as a new version of `name` with `alias` (challenger).
@@ -208,10 +219,10 @@ def register_model(model_file, config, workspace, run_id: str | None = None, nam
                 shutil.copyfile(model_file, copy)
             else:
                 from ..core.checkpoints import export_model
-                from ..core.config import config_from_dict
 
-                export_model(model_file, config_from_dict(meta["config"]), copy, meta.get("iteration") or 0)
-                meta = {**meta, "config_fingerprint": config_from_dict(meta["config"]).fingerprint()}
+                run_config = _run_config(meta["config"], config)
+                export_model(model_file, run_config, copy, meta.get("iteration") or 0)
+                meta = {**meta, "config_fingerprint": run_config.fingerprint()}
             mlflow.log_artifact(str(copy), artifact_path="registered_model")
         artifact_uri = mlflow.get_artifact_uri("registered_model")
     try:
@@ -315,11 +326,20 @@ def record_evaluation(registered: RegisteredModel, report: dict, volume: str, wo
             mlflow.log_artifact(str(picture))
     tags = {
         "validation_volume": volume,
+        "post_processing": post_processing(config),
         "voi_split": best["voi_split"], "voi_merge": best["voi_merge"], "voi_sum": best["voi_sum"],
         "arand": best["arand"], "best_threshold": best["threshold"],
     }
     for key, value in tags.items():
         client.set_model_version_tag(registered.name, registered.version, key, str(value))
+
+
+def post_processing(config) -> str:
+    """The segmentation settings an evaluation used: scores are comparable only under the same."""
+    seg = config.segmentation
+    in_xy = seg.fragments_in_xy if seg.fragments_in_xy is not None else config.data.is_anisotropic
+    return (f"{seg.merge_function}, min_seed_distance {seg.min_seed_distance}, fragments_in_xy {bool(in_xy)}, "
+            f"filter_fragments {seg.filter_fragments:g}")
 
 
 def promote(name: str, workspace, margin: float = 0.0, log_file: Path | None = None) -> dict:
@@ -358,6 +378,12 @@ def promote(name: str, workspace, margin: float = 0.0, log_file: Path | None = N
         raise RegistryError(
             f"{name}: champion v{champion.version} was evaluated on {champion.tags.get('validation_volume')}, "
             f"challenger v{challenger.version} on {challenger.tags.get('validation_volume')}; evaluate both on the same volume"
+        )
+    elif champion.tags.get("post_processing", "") != challenger.tags.get("post_processing", ""):
+        raise RegistryError(
+            f"{name}: champion v{champion.version} was segmented with {champion.tags.get('post_processing')}, "
+            f"challenger v{challenger.version} with {challenger.tags.get('post_processing')}; evaluate both "
+            f"with the same segmentation settings (`lsdflow evaluate-model` re-scores the champion)"
         )
     else:
         champion_voi = float(champion.tags["voi_sum"])

@@ -14,8 +14,8 @@ from .retry import retry_transient
 
 def _train_key(ctx, parameters) -> str:
     config = parameters["config"]
-    data = [ArrayRef(container=str(p), dataset=config.data.raw_dataset).current_fingerprint() for p in config.data.train]
-    labels = [ArrayRef(container=str(p), dataset=config.data.labels_dataset).current_fingerprint() for p in config.data.train]
+    data = [ArrayRef(container=str(v.path), dataset=config.data.raw_dataset).current_fingerprint() for v in config.data.train]
+    labels = [ArrayRef(container=str(v.path), dataset=config.data.labels_dataset).current_fingerprint() for v in config.data.train]
     payload = f"{config.fingerprint()}|{parameters.get('iterations')}|{data}|{labels}|{config.resolved_workspace}"
     return "train-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -60,7 +60,8 @@ def register(config, model_file: str, run_id: str | None = None) -> str:
 
 @task(name="evaluate-model", persist_result=True, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=retry_transient, timeout_seconds=24 * 3600)
-def evaluate_model(config, model_uri: str, volume: str) -> dict:
+def evaluate_model(config, model_uri: str, volume) -> dict:
+    """`volume`: a path (the whole volume) or a VolumeRef (e.g. the config's validation region)."""
     from ..flows.model_evaluation import evaluate_model as run
 
     report = run(model_uri, volume, config, config.resolved_workspace)

@@ -110,7 +110,7 @@ def test_overrides_are_toml_values():
 
 def test_relative_paths_resolve_against_the_config_file(gala_train):
     config = load_config("gala")
-    assert config.data.train == [gala_train.resolve()]
+    assert [v.path for v in config.data.train] == [gala_train.resolve()]
 
 
 def test_fingerprint_changes_with_settings_not_with_workspace(tmp_path):
@@ -118,3 +118,30 @@ def test_fingerprint_changes_with_settings_not_with_workspace(tmp_path):
     b = load_config("gala", workspace=tmp_path)
     c = load_config("gala", ["training.learning_rate=0.001"])
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+REGION = '{path="../data/gala/gala_test.zarr", roi_offset_nm=[0, 0, 0], roi_shape_nm=[500, 1000, 1000]}'
+
+
+def test_a_volume_entry_can_name_a_region(gala_train, gala_test, tmp_path):
+    config = load_config("gala", [f"data.validation=[{REGION}]"])
+    (volume,) = config.data.validation
+    assert volume.path == gala_test.resolve()
+    assert tuple(volume.roi.offset) == (0, 0, 0) and tuple(volume.roi.shape) == (500, 1000, 1000)
+    assert "shape (500, 1000, 1000) nm" in str(volume)
+    # a whole volume is still written as its path, so fingerprints of existing configs hold
+    assert load_config("gala").model_dump(mode="json")["data"]["train"] == [str(gala_train.resolve())]
+    # the resolved config (as handed to a training subprocess) loads again with its region
+    saved = tmp_path / "resolved.json"
+    saved.write_text(config.model_dump_json())
+    assert load_config(saved).data.validation == config.data.validation
+
+
+@pytest.mark.parametrize("entry, message", [
+    ('{path="x.zarr", roi_offset_nm=[0, 0, 0]}', "give both roi_offset_nm and roi_shape_nm"),
+    ('{path="x.zarr", roi_offset_nm=[0, 0, 5], roi_shape_nm=[10, 10, 10]}', "not on the voxel grid"),
+    ('{path="x.zarr", roi_offset_nm=[0, 0, 0], roi_shape_nm=[0, 10, 10]}', "must be positive"),
+])
+def test_bad_regions_are_config_errors(entry, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("gala", [f"data.validation=[{entry}]"])

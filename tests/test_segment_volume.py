@@ -100,3 +100,30 @@ def test_evaluate_refuses_labels_outside_the_raw_data(gala_with_gt_affs, tmp_pat
     with pytest.raises(VolumeError, match="is not inside volumes/raw"):
         evaluate_volume(gala_with_gt_affs, out_dir=tmp_path / "eval")
     assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_scores_only_the_given_region(gala_with_gt_affs, tmp_path):
+    """A validation/test region is scored on its own voxels (the segmentation covers more)."""
+    from funlib.geometry import Roi
+
+    from lsdflow.core.evaluate import evaluate_volume
+
+    segment_volume(gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.5])
+    seg = open_array(gala_with_gt_affs, "volumes/segmentation/hist_quant_50/0.5")
+    # a segmentation that is wrong outside the region: one id for the right half
+    data = seg[seg.roi]
+    data[:, :, 100:] = 1
+    from lsdflow.core.volumes import write_array
+
+    write_array(gala_with_gt_affs, "volumes/segmentation/hist_quant_50/0.5", seg.roi, seg.voxel_size, data)
+    labels = open_array(gala_with_gt_affs, "volumes/labels/neuron_ids")
+    region = Roi((0, 0, 0), (500, 1000, 1000))
+    report = evaluate_volume(gala_with_gt_affs, out_dir=tmp_path / "left", roi=region)
+    expected = segmentation_scores(labels[region], data[:, :, :100])
+    assert report["best"]["voi_sum"] == pytest.approx(expected.voi_sum) and expected.voi_sum <= 0.05
+    assert report["roi"] == {"offset_nm": [0, 0, 0], "shape_nm": [500, 1000, 1000]}
+    whole = evaluate_volume(gala_with_gt_affs, out_dir=tmp_path / "whole")
+    assert whole["best"]["voi_sum"] > 1.0
+    with pytest.raises(VolumeError, match="is not inside the labels"):
+        evaluate_volume(gala_with_gt_affs, out_dir=tmp_path / "outside", roi=Roi((0, 0, 1500), (500, 1000, 1000)))
+    assert not (tmp_path / "outside").exists()

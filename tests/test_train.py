@@ -8,6 +8,7 @@ import gunpowder as gp
 import numpy as np
 import pytest
 import torch
+from funlib.geometry import Coordinate
 
 from lsdflow.core.checkpoints import latest_checkpoint, list_checkpoints, load_model
 from lsdflow.core.config import ConfigError, load_config
@@ -195,3 +196,39 @@ def test_resuming_with_a_different_network_is_refused(tiny_gala_config):
     train(tiny_gala_config("training.save_every=1"), iterations=1, progress=False)
     with pytest.raises(ConfigError, match="different network"):
         train(tiny_gala_config("model.num_fmaps=5"), iterations=2, progress=False)
+
+
+def test_a_training_region_keeps_the_held_out_labels_out(tmp_path, gala_train, tiny_gala_config):
+    """`data.train` entries with a region train on that region's labels only: labels of
+    the held-out part (marked here with one id) never reach a batch."""
+    import shutil
+
+    from lsdflow.core.volumes import open_array, write_array
+
+    data = shutil.copytree(gala_train, tmp_path / "train.zarr")
+    labels = open_array(data, "volumes/labels/neuron_ids")
+    marked = labels[labels.roi]
+    held_out = np.uint64(10**9)
+    marked[:, :, 100:] = held_out
+    write_array(data, "volumes/labels/neuron_ids", labels.roi, labels.voxel_size, marked)
+    region = f"{{path='{data}', roi_offset_nm=[0, 0, 0], roi_shape_nm=[500, 1000, 1000]}}"
+
+    def labels_seen(config) -> set:
+        keys = TrainingKeys.for_outputs(config.model.outputs)
+        pipeline = build_training_pipeline(config, keys, precache=False)
+        seen = set()
+        with gp.build(pipeline):
+            for seed in range(8):
+                request = make_request(config, keys, seed)
+                request.add(keys.labels, Coordinate(config.model.output_shape) * Coordinate(config.data.voxel_size))
+                seen |= set(np.unique(pipeline.request_batch(request)[keys.labels].data).tolist())
+        return seen
+
+    seen = labels_seen(tiny_gala_config(f"data.train=[{region}]"))
+    assert int(held_out) not in seen and len(seen) > 2
+    # without the region, the marked labels do turn up
+    assert int(held_out) in labels_seen(tiny_gala_config(f"data.train=['{data}']"))
+
+    outside = f"{{path='{data}', roi_offset_nm=[0, 0, 1500], roi_shape_nm=[500, 1000, 1000]}}"
+    with pytest.raises(VolumeError, match="training region is not inside"):
+        request_one_batch(tiny_gala_config(f"data.train=[{outside}]"))

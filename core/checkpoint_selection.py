@@ -1,0 +1,93 @@
+"""Choose a training run's checkpoint, and the post-processing settings, on validation data.
+
+The loss says little about segmentation quality, and checkpoints of one run differ a lot
+in VOI; so every checkpoint (or every n-th) is scored on the config's validation volume
+or region, under each of a few segmentation settings, and the best (checkpoint, settings,
+threshold) by VOI sum wins. The test volume is never looked at here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+
+from .checkpoints import list_checkpoints
+from .config import ConfigError, LsdflowConfig, SegmentationConfig, VolumeRef
+from .plots import plot_checkpoint_scores
+from .predict import predict_volume
+from .validation import check_labelled_volume, copy_labelled_volume, segment_and_score
+
+
+def segmentation_grid(
+    config: LsdflowConfig, merge_functions=None, min_seed_distances=None
+) -> list[SegmentationConfig]:
+    """The config's segmentation settings with each combination of the given alternatives."""
+    seg = config.segmentation
+    return [
+        seg.model_copy(update={"merge_function": mf, "min_seed_distance": msd})
+        for mf, msd in itertools.product(merge_functions or [seg.merge_function],
+                                         min_seed_distances or [seg.min_seed_distance])
+    ]
+
+
+def select_checkpoint(
+    config: LsdflowConfig,
+    checkpoint_dir: str | Path,
+    volume: VolumeRef | None = None,
+    grid: list[SegmentationConfig] | None = None,
+    first: int = 0,
+    every: int = 1,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score checkpoints (iteration >= `first`, every `every`-th) on `volume` (default the
+    config's first validation entry) under each segmentation setting of `grid`.
+
+    Returns {"rows": [...], "best": {...}, "json", "picture"}; a row holds the iteration,
+    checkpoint, settings and the scores at that setting's best threshold."""
+    if volume is None:
+        if not config.data.validation:
+            raise ConfigError(f"{config.source}: data.validation is empty; name a validation volume or region")
+        volume = config.data.validation[0]
+    check_labelled_volume(config, volume)
+    checkpoints = [(i, p) for i, p in list_checkpoints(checkpoint_dir) if i >= first][::-1][::every][::-1]
+    if not checkpoints:
+        raise FileNotFoundError(f"{checkpoint_dir}: no training checkpoints (model_checkpoint_N) from iteration {first}")
+    grid = grid or [config.segmentation]
+    out_dir = Path(out_dir) if out_dir else config.resolved_workspace / "checkpoint_selection"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = copy_labelled_volume(config, volume, out_dir / volume.path.name)
+    rows = []
+    for n, (iteration, checkpoint) in enumerate(checkpoints, 1):
+        began = time.perf_counter()
+        predict_volume(config, work, model_file=checkpoint, progress=False)
+        for seg in grid:
+            report = segment_and_score(config, work, volume.roi, seg, out_dir / "last_evaluation")
+            rows.append({
+                "iteration": iteration, "checkpoint": str(checkpoint),
+                "merge_function": seg.merge_function, "min_seed_distance": seg.min_seed_distance,
+                **report["best"],
+            })
+        if progress:
+            best_here = min((r for r in rows if r["iteration"] == iteration), key=lambda r: r["voi_sum"])
+            print(f"[{n}/{len(checkpoints)}] iteration {iteration}: VOI sum {best_here['voi_sum']:.3f} "
+                  f"(ARAND {best_here['arand']:.3f}) in {time.perf_counter() - began:.0f} s", flush=True)
+    best = min(rows, key=lambda r: r["voi_sum"])
+    result = {"volume": str(volume), "checkpoint_dir": str(checkpoint_dir), "rows": rows, "best": best}
+    title = f"{config.name}: validation " + str(volume).replace(str(volume.path), volume.path.name)
+    result["picture"] = str(plot_checkpoint_scores(rows, out_dir / "checkpoint_scores.png", title=title))
+    (out_dir / "selection.json").write_text(json.dumps(result, indent=2))
+    result["json"] = str(out_dir / "selection.json")
+    return result
+
+
+def format_selection(result: dict) -> str:
+    lines = [f"{'iteration':>9s} {'merge function':>15s} {'seed dist':>9s} {'threshold':>9s} "
+             f"{'VOI split':>9s} {'VOI merge':>9s} {'VOI sum':>8s} {'ARAND':>7s}"]
+    for r in result["rows"]:
+        mark = "  <- best" if r == result["best"] else ""
+        lines.append(f"{r['iteration']:9d} {r['merge_function']:>15s} {r['min_seed_distance']:9d} {r['threshold']:9.3g} "
+                     f"{r['voi_split']:9.3f} {r['voi_merge']:9.3f} {r['voi_sum']:8.3f} {r['arand']:7.3f}{mark}")
+    return "\n".join(lines)
