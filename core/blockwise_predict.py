@@ -40,7 +40,7 @@ def worker_device() -> str:
 
 class PredictBlock(BlockProcessor):
     def __init__(self, container, raw_dataset, model_file, outputs: dict[str, str], input_shape, output_shape,
-                 block_size, mean, std, dtype, batch_size, device=None, empty_dir=None):
+                 block_size, mean, std, dtype, batch_size, device=None, empty_dir=None, augment=False):
         self.container = str(container)
         self.raw_dataset = raw_dataset
         self.model_file = str(model_file)
@@ -54,6 +54,7 @@ class PredictBlock(BlockProcessor):
         self.batch_size = batch_size
         self.device = device
         self.empty_dir = str(empty_dir) if empty_dir else None
+        self.augment = augment
 
     def setup(self):
         from .checkpoints import load_model
@@ -64,11 +65,11 @@ class PredictBlock(BlockProcessor):
         self._h_outputs = {name: open_array(self.container, d, mode="r+") for name, d in self.outputs.items()}
 
     def process(self, block):
-        from .predict import predict_with_context
+        from .predict import context_margin, predict_with_context
 
         raw_array = self._h_raw
         vs = raw_array.voxel_size
-        context = Coordinate(i - o for i, o in zip(self.input_shape, self.output_shape)) / 2 * vs
+        context = Coordinate(context_margin(self._h_model, self.input_shape, self.output_shape, self.augment)) * vs
         # a shrunk block at the volume's far faces is predicted as a whole block and cropped
         full = Roi(block.write_roi.begin, self.block_size).grow(context, context)
         inside = full.intersect(raw_array.roi)
@@ -83,7 +84,8 @@ class PredictBlock(BlockProcessor):
         where = tuple(slice(b, b + s) for b, s in zip((inside.begin - full.begin) / vs, inside.shape / vs))
         normalized[where] = (raw.astype(np.float32) / scale - self.mean) / self.std
         results = predict_with_context(
-            self._h_model, normalized, self.input_shape, self.output_shape, self.batch_size, self._h_device
+            self._h_model, normalized, self.input_shape, self.output_shape, self.batch_size, self._h_device,
+            augment=self.augment,
         )
         crop = (slice(None),) + tuple(slice(0, s) for s in block.write_roi.shape / vs)
         for name, data in zip(self._h_model.outputs, results):
@@ -145,7 +147,7 @@ def predict_blockwise(
     """Predict `volumes/pred_<output>` for the whole raw ROI block by block (see module doc)."""
     from .checkpoints import load_model
     from .config import check_voxel_size
-    from .predict import prediction_attrs
+    from .predict import context_margin, prediction_attrs
 
     container = Path(container).resolve()
     bw = config.blockwise
@@ -161,9 +163,11 @@ def predict_blockwise(
     vs = raw.voxel_size
     block_voxels = Coordinate(o * t for o, t in zip(output_shape, bw.prediction_tiles))
     block_size = block_voxels * vs
-    context = Coordinate((i - o) // 2 for i, o in zip(input_shape, output_shape)) * vs
+    augment = config.prediction.test_time_augmentation
+    context = Coordinate(context_margin(model, input_shape, output_shape, augment)) * vs
     mean, std = intensity_stats(raw)
     attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
+    attrs["test_time_augmentation"] = augment
     attrs.update(extra_attrs or {})  # e.g. the registered model's lineage
     probe = {name: channels for name, channels in zip(model.outputs, _output_channels(model, input_shape))}
     key = _prediction_key(config, container, model_file, input_shape, output_shape, dtype, block_size, extra_attrs)
@@ -182,7 +186,7 @@ def predict_blockwise(
         "predict", raw.roi, block_size, context,
         PredictBlock(container, config.data.raw_dataset, model_file.resolve(),
                      {name: partials[f"volumes/pred_{name}"] for name in probe}, input_shape, output_shape,
-                     block_size, mean, std, dtype, config.prediction.batch_size, device, empty_dir),
+                     block_size, mean, std, dtype, config.prediction.batch_size, device, empty_dir, augment),
         staged.tracking_dir,
         skip_mask=empty_block_mask(raw, raw.roi, block_size, mask),
         log_dir=container / ".lsdflow" / "logs" / "predict",
@@ -200,6 +204,7 @@ def _prediction_key(config, container, model_file, input_shape, output_shape, dt
         stage="predict", code=CODE_VERSION, raw=dataset_fingerprint(container, config.data.raw_dataset),
         model=_file_sha256(Path(model_file)), input_shape=tuple(input_shape), output_shape=tuple(output_shape),
         dtype=dtype, block=tuple(block_size), mask=config.blockwise.mask_dataset, lineage=lineage or {},
+        augment=config.prediction.test_time_augmentation,
     )
 
 

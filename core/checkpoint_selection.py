@@ -32,6 +32,17 @@ def segmentation_grid(
     ]
 
 
+def with_augmentation(config: LsdflowConfig, augment: bool) -> LsdflowConfig:
+    return config.model_copy(update={"prediction": config.prediction.model_copy(update={"test_time_augmentation": augment})})
+
+
+def with_settings(config: LsdflowConfig, row: dict) -> LsdflowConfig:
+    """`config` with the prediction and segmentation settings of a selection row."""
+    seg = config.segmentation.model_copy(update={"merge_function": row["merge_function"],
+                                                 "min_seed_distance": row["min_seed_distance"]})
+    return with_augmentation(config, row["test_time_augmentation"]).model_copy(update={"segmentation": seg})
+
+
 def select_checkpoint(
     config: LsdflowConfig,
     checkpoint_dir: str | Path,
@@ -41,9 +52,11 @@ def select_checkpoint(
     every: int = 1,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    augmentations: tuple[bool, ...] | None = None,
 ) -> dict:
     """Score checkpoints (iteration >= `first`, every `every`-th) on `volume` (default the
-    config's first validation entry) under each segmentation setting of `grid`.
+    config's first validation entry), predicted with and/or without test-time augmentation
+    (`augmentations`, default the config's), under each segmentation setting of `grid`.
 
     Returns {"rows": [...], "best": {...}, "json", "picture"}; a row holds the iteration,
     checkpoint, settings and the scores at that setting's best threshold."""
@@ -56,20 +69,23 @@ def select_checkpoint(
     if not checkpoints:
         raise FileNotFoundError(f"{checkpoint_dir}: no training checkpoints (model_checkpoint_N) from iteration {first}")
     grid = grid or [config.segmentation]
+    augmentations = augmentations or (config.prediction.test_time_augmentation,)
     out_dir = Path(out_dir) if out_dir else config.resolved_workspace / "checkpoint_selection"
     out_dir.mkdir(parents=True, exist_ok=True)
     work = copy_labelled_volume(config, volume, out_dir / volume.path.name)
     rows = []
     for n, (iteration, checkpoint) in enumerate(checkpoints, 1):
         began = time.perf_counter()
-        predict_volume(config, work, model_file=checkpoint, progress=False)
-        for seg in grid:
-            report = segment_and_score(config, work, volume.roi, seg, out_dir / "last_evaluation")
-            rows.append({
-                "iteration": iteration, "checkpoint": str(checkpoint),
-                "merge_function": seg.merge_function, "min_seed_distance": seg.min_seed_distance,
-                **report["best"],
-            })
+        for augment in augmentations:
+            predicting = with_augmentation(config, augment)
+            predict_volume(predicting, work, model_file=checkpoint, progress=False)
+            for seg in grid:
+                report = segment_and_score(predicting, work, volume.roi, seg, out_dir / "last_evaluation")
+                rows.append({
+                    "iteration": iteration, "checkpoint": str(checkpoint), "test_time_augmentation": augment,
+                    "merge_function": seg.merge_function, "min_seed_distance": seg.min_seed_distance,
+                    **report["best"],
+                })
         if progress:
             best_here = min((r for r in rows if r["iteration"] == iteration), key=lambda r: r["voi_sum"])
             print(f"[{n}/{len(checkpoints)}] iteration {iteration}: VOI sum {best_here['voi_sum']:.3f} "
@@ -84,10 +100,11 @@ def select_checkpoint(
 
 
 def format_selection(result: dict) -> str:
-    lines = [f"{'iteration':>9s} {'merge function':>15s} {'seed dist':>9s} {'threshold':>9s} "
+    lines = [f"{'iteration':>9s} {'TTA':>3s} {'merge function':>15s} {'seed dist':>9s} {'threshold':>9s} "
              f"{'VOI split':>9s} {'VOI merge':>9s} {'VOI sum':>8s} {'ARAND':>7s}"]
     for r in result["rows"]:
         mark = "  <- best" if r == result["best"] else ""
-        lines.append(f"{r['iteration']:9d} {r['merge_function']:>15s} {r['min_seed_distance']:9d} {r['threshold']:9.3g} "
+        tta = "on" if r["test_time_augmentation"] else "off"
+        lines.append(f"{r['iteration']:9d} {tta:>3s} {r['merge_function']:>15s} {r['min_seed_distance']:9d} {r['threshold']:9.3g} "
                      f"{r['voi_split']:9.3f} {r['voi_merge']:9.3f} {r['voi_sum']:8.3f} {r['arand']:7.3f}{mark}")
     return "\n".join(lines)

@@ -216,28 +216,35 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_select_checkpoint(args) -> int:
+def run_selection(args, config) -> dict:
+    """`select-checkpoint`: score, print the table and what to change in the config."""
     from .checkpoint_selection import format_selection, segmentation_grid, select_checkpoint
 
-    config = _config(args)
+    augmentations = {"config": None, "off": (False,), "on": (True,), "both": (False, True)}[args.test_time_augmentation]
     result = select_checkpoint(
         config, args.checkpoints or config.checkpoint_dir,
         grid=segmentation_grid(config, args.merge_functions, args.min_seed_distances),
-        first=args.first, every=args.every, out_dir=args.out, progress=not args.quiet,
+        first=args.first, every=args.every, out_dir=args.out, progress=not args.quiet, augmentations=augmentations,
     )
     print(format_selection(result))
-    _print_selection_summary(config, result)
-    return 0
-
-
-def _print_selection_summary(config, result: dict) -> None:
-    best, seg = result["best"], config.segmentation
+    best = result["best"]
     print(f"best on {result['volume']}: iteration {best['iteration']} ({best['checkpoint']}), "
           f"threshold {best['threshold']:g}, VOI sum {best['voi_sum']:.3f}, ARAND {best['arand']:.3f}")
-    if (best["merge_function"], best["min_seed_distance"]) != (seg.merge_function, seg.min_seed_distance):
-        print(f"its segmentation settings differ from the config's: set segmentation.merge_function = "
-              f"\"{best['merge_function']}\" and segmentation.min_seed_distance = {best['min_seed_distance']}")
+    settings = {
+        "prediction.test_time_augmentation": (config.prediction.test_time_augmentation, best["test_time_augmentation"]),
+        "segmentation.merge_function": (config.segmentation.merge_function, best["merge_function"]),
+        "segmentation.min_seed_distance": (config.segmentation.min_seed_distance, best["min_seed_distance"]),
+    }
+    changes = [f"{key} = {json.dumps(new)}" for key, (old, new) in settings.items() if old != new]
+    if changes:
+        print("its settings differ from the config's; set " + ", ".join(changes))
     print(f"report: {result['json']}\npicture: {result['picture']}")
+    return result
+
+
+def cmd_select_checkpoint(args) -> int:
+    run_selection(args, _config(args))
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -325,6 +332,8 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
     select.add_argument("--merge-functions", nargs="+", metavar="NAME", help="alternatives to segmentation.merge_function")
     select.add_argument("--min-seed-distances", type=int, nargs="+", metavar="VOXELS",
                         help="alternatives to segmentation.min_seed_distance")
+    select.add_argument("--test-time-augmentation", choices=["config", "off", "on", "both"], default="config",
+                        help="predict with/without averaging over mirrorings (default: the config's setting)")
     select.add_argument("--out", type=Path, help="report directory (default <workspace>/checkpoint_selection)")
     select.add_argument("--quiet", action="store_true")
     select.set_defaults(func=cmd_select_checkpoint)

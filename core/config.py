@@ -270,6 +270,9 @@ class PredictionConfig(_Strict):
     )
     output_dtype: Literal["uint8", "float32"] = "uint8"
     batch_size: int = Field(1, gt=0)
+    test_time_augmentation: bool = Field(
+        False, description="average the predictions of the 8 mirrorings of the input (8x the compute)"
+    )
 
 
 class SegmentationConfig(_Strict):

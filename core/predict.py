@@ -11,6 +11,7 @@ import itertools
 import numpy as np
 import torch
 
+from .test_time_augmentation import MIRRORINGS, augmentation_margin, predict_mirrored
 from .train import default_device
 
 
@@ -33,18 +34,20 @@ def predict_array(
     batch_size: int = 1,
     device: str | None = None,
     progress: bool = False,
+    augment: bool = False,
 ) -> tuple[np.ndarray, ...]:
-    """Predict every output of `model` for every voxel of `raw` (already scaled to [0, 1]).
+    """Predict every output of `model` for every voxel of `raw` (already scaled to [0, 1]);
+    `augment`: average over the 8 mirrorings (see `test_time_augmentation`).
 
     Returns one float32 array (channels, z, y, x) per model output, covering `raw`."""
-    context = tuple((i - o) // 2 for i, o in zip(input_shape, output_shape))
+    context = context_margin(model, input_shape, output_shape, augment)
     shape = raw.shape
     # a volume smaller than one output tile is predicted in a padded tile and cropped
     padded_shape = tuple(max(s, o) for s, o in zip(shape, output_shape))
     # padding value 0 = the volume's mean intensity, as gunpowder's Pad does in training
     padded = np.zeros(tuple(p + 2 * c for p, c in zip(padded_shape, context)), dtype=np.float32)
     padded[tuple(slice(c, c + s) for c, s in zip(context, shape))] = (raw.astype(np.float32) - mean) / std
-    outputs = predict_with_context(model, padded, input_shape, output_shape, batch_size, device, progress)
+    outputs = predict_with_context(model, padded, input_shape, output_shape, batch_size, device, progress, augment)
     crop = (slice(None),) + tuple(slice(0, s) for s in shape)
     return tuple(o[crop] for o in outputs)
 
@@ -57,24 +60,54 @@ def predict_with_context(
     batch_size: int = 1,
     device: str | None = None,
     progress: bool = False,
+    augment: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Predict the region of `normalized` (z-scored raw) that lies one network context
-    inside its faces; the region must be at least one output tile in every axis."""
+    inside its faces; the region must be at least one output tile in every axis.
+
+    With `augment`, the average over the 8 mirrorings of the input (test-time
+    augmentation, 8x the compute); the region then lies `context_margin` inside the faces."""
     device = device or default_device()
     model = model.to(device).eval()
-    input_shape = tuple(input_shape)
-    output_shape = tuple(output_shape)
+    input_shape, output_shape = tuple(input_shape), tuple(output_shape)
+    passes = len(MIRRORINGS) if augment else 1
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        region = tuple(s - (i - o) for s, i, o in zip(normalized.shape, input_shape, output_shape))
+        tiles = int(np.prod([len(tile_starts(r, o)) for r, o in zip(region, output_shape)])) if min(region) > 0 else 0
+        bar = tqdm(total=tiles * passes, desc="predict", unit="tile")
+
+    def predict(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return _predict_tiles(model, x, input_shape, output_shape, batch_size, device, bar)
+
+    try:
+        if augment:
+            return predict_mirrored(predict, normalized, model.outputs, model.config.affinity_neighborhood,
+                                    model.config.downsample_factors)
+        return predict(normalized)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def context_margin(model: torch.nn.Module, input_shape, output_shape, augment: bool = False) -> tuple[int, ...]:
+    """Voxels per axis the input of `predict_with_context` needs around the region."""
+    context = tuple((i - o) // 2 for i, o in zip(input_shape, output_shape))
+    if not augment:
+        return context
+    margin = augmentation_margin(model.config.affinity_neighborhood, model.config.downsample_factors)
+    return tuple(c + m for c, m in zip(context, margin))
+
+
+def _predict_tiles(model, normalized, input_shape, output_shape, batch_size, device, bar) -> tuple[np.ndarray, ...]:
     context = tuple((i - o) // 2 for i, o in zip(input_shape, output_shape))
     region = tuple(s - 2 * c for s, c in zip(normalized.shape, context))
     if any(r < o for r, o in zip(region, output_shape)):
         raise ValueError(f"input {normalized.shape} leaves a region {region} smaller than one output tile {output_shape}")
     starts = list(itertools.product(*(tile_starts(s, o) for s, o in zip(region, output_shape))))
     outputs: list[np.ndarray] | None = None
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(starts), desc="predict", unit="tile")
     with torch.inference_mode():
         for b in range(0, len(starts), batch_size):
             batch_starts = starts[b : b + batch_size]
@@ -92,8 +125,6 @@ def predict_with_context(
                     out[(slice(None),) + tuple(slice(s, s + o) for s, o in zip(start, output_shape))] = r[k]
             if bar is not None:
                 bar.update(len(batch_starts))
-    if bar is not None:
-        bar.close()
     assert outputs is not None
     return tuple(outputs)
 
@@ -149,8 +180,10 @@ def predict_volume(
     outputs = predict_array(
         model, raw / scale, input_shape, output_shape, mean, std,
         batch_size=config.prediction.batch_size, device=device, progress=progress,
+        augment=config.prediction.test_time_augmentation,
     )
     attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
+    attrs["test_time_augmentation"] = config.prediction.test_time_augmentation
     attrs.update(extra_attrs or {})  # e.g. the registered model's lineage
     written = {}
     for name, data in zip(model.outputs, outputs):

@@ -61,25 +61,17 @@ def cmd_register(args) -> int:
 
 def cmd_select_checkpoint(args) -> int:
     """core's select-checkpoint; with --register the best checkpoint becomes @challenger,
-    its validation scores recorded (under the winning segmentation settings)."""
-    from ..core.checkpoint_selection import format_selection, segmentation_grid, select_checkpoint
+    its validation scores recorded (under the winning settings)."""
+    from ..core.checkpoint_selection import with_settings
     from .model_evaluation import evaluate_model
     from .registry import register_model
 
     config = core_cli._config(args)
-    result = select_checkpoint(
-        config, args.checkpoints or config.checkpoint_dir,
-        grid=segmentation_grid(config, args.merge_functions, args.min_seed_distances),
-        first=args.first, every=args.every, out_dir=args.out, progress=not args.quiet,
-    )
-    print(format_selection(result))
-    core_cli._print_selection_summary(config, result)
+    result = core_cli.run_selection(args, config)
     if args.register:
         best = result["best"]
         registered = register_model(best["checkpoint"], config, _workspace(config), name=args.model_name)
-        scored = config.model_copy(update={"segmentation": config.segmentation.model_copy(update={
-            "merge_function": best["merge_function"], "min_seed_distance": best["min_seed_distance"]})})
-        evaluate_model(registered.uri, config.data.validation[0], scored, _workspace(config))
+        evaluate_model(registered.uri, config.data.validation[0], with_settings(config, best), _workspace(config))
         print(f"registered {registered.uri} (iteration {best['iteration']}) as @challenger with its validation "
               f"scores; `lsdflow promote {config.name}` makes it champion if it beats the champion")
     return 0

@@ -326,7 +326,7 @@ def record_evaluation(registered: RegisteredModel, report: dict, volume: str, wo
             mlflow.log_artifact(str(picture))
     tags = {
         "validation_volume": volume,
-        "post_processing": post_processing(config),
+        "evaluation_settings": evaluation_settings(config),
         "voi_split": best["voi_split"], "voi_merge": best["voi_merge"], "voi_sum": best["voi_sum"],
         "arand": best["arand"], "best_threshold": best["threshold"],
     }
@@ -334,11 +334,13 @@ def record_evaluation(registered: RegisteredModel, report: dict, volume: str, wo
         client.set_model_version_tag(registered.name, registered.version, key, str(value))
 
 
-def post_processing(config) -> str:
-    """The segmentation settings an evaluation used: scores are comparable only under the same."""
+def evaluation_settings(config) -> str:
+    """The prediction and segmentation settings an evaluation used: scores are comparable
+    only under the same."""
     seg = config.segmentation
     in_xy = seg.fragments_in_xy if seg.fragments_in_xy is not None else config.data.is_anisotropic
-    return (f"{seg.merge_function}, min_seed_distance {seg.min_seed_distance}, fragments_in_xy {bool(in_xy)}, "
+    return (f"test_time_augmentation {config.prediction.test_time_augmentation}, {seg.merge_function}, "
+            f"min_seed_distance {seg.min_seed_distance}, fragments_in_xy {bool(in_xy)}, "
             f"filter_fragments {seg.filter_fragments:g}")
 
 
@@ -379,11 +381,11 @@ def promote(name: str, workspace, margin: float = 0.0, log_file: Path | None = N
             f"{name}: champion v{champion.version} was evaluated on {champion.tags.get('validation_volume')}, "
             f"challenger v{challenger.version} on {challenger.tags.get('validation_volume')}; evaluate both on the same volume"
         )
-    elif champion.tags.get("post_processing", "") != challenger.tags.get("post_processing", ""):
+    elif champion.tags.get("evaluation_settings", "") != challenger.tags.get("evaluation_settings", ""):
         raise RegistryError(
-            f"{name}: champion v{champion.version} was segmented with {champion.tags.get('post_processing')}, "
-            f"challenger v{challenger.version} with {challenger.tags.get('post_processing')}; evaluate both "
-            f"with the same segmentation settings (`lsdflow evaluate-model` re-scores the champion)"
+            f"{name}: champion v{champion.version} was evaluated with {champion.tags.get('evaluation_settings')}, "
+            f"challenger v{challenger.version} with {challenger.tags.get('evaluation_settings')}; evaluate both "
+            f"with the same settings (`lsdflow evaluate-model` re-scores the champion)"
         )
     else:
         champion_voi = float(champion.tags["voi_sum"])

@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from lsdflow.core.blockwise import RunSettings
-from lsdflow.core.blockwise_predict import predict_blockwise
+from lsdflow.core.blockwise_predict import predict_blockwise, prediction_key
 from lsdflow.core.cli import main
 from lsdflow.core.config import load_config
 from lsdflow.core.predict import predict_volume
@@ -66,3 +66,26 @@ def test_a_missing_model_writes_nothing(volume, tmp_path):
         predict_blockwise(config, volume, model_file=tmp_path / "no-such-model.pt", settings=QUIET)
     assert not (volume / "volumes/pred_affs").exists()
     assert not list((volume / "volumes").glob(".pred_*"))
+
+
+@pytest.mark.slow
+def test_blockwise_test_time_augmentation_equals_the_in_memory_path(tmp_path, gala_test):
+    """Mirrored affinities need voxels beyond each block: blocks read them (a margin of
+    whole downsampling steps), so block faces get the same 8-pass average as the in-memory
+    path. Two blocks of a crop of gala_test."""
+    from funlib.geometry import Roi
+
+    config = load_config("gala", ["prediction.test_time_augmentation=true"])
+    raw = open_array(gala_test, "volumes/raw")
+    crop = Roi((0, 0, 0), (500, 720, 1440))
+    for name in ("blocks.zarr", "memory.zarr"):
+        write_array(tmp_path / name, "volumes/raw", crop, raw.voxel_size, raw[crop])
+    predict_blockwise(config, tmp_path / "blocks.zarr", settings=QUIET)
+    predict_volume(config, tmp_path / "memory.zarr", progress=False)
+    for name in ("pred_affs", "pred_lsds"):
+        ours, theirs = open_array(tmp_path / "blocks.zarr", f"volumes/{name}"), open_array(tmp_path / "memory.zarr", f"volumes/{name}")
+        assert np.abs(ours[ours.roi].astype(int) - theirs[theirs.roi].astype(int)).max() <= 1, name
+    assert zarr.open(str(tmp_path / "blocks.zarr" / "volumes/pred_affs")).attrs["test_time_augmentation"] is True
+    plain = load_config("gala")
+    assert prediction_key(config, tmp_path / "blocks.zarr", config.prediction.checkpoint) != prediction_key(
+        plain, tmp_path / "blocks.zarr", plain.prediction.checkpoint)

@@ -46,9 +46,12 @@ def test_the_best_checkpoint_and_setting_win_on_the_validation_region(run_dir, t
     assert "shape (500, 1000, 1000) nm" in result["volume"]
     assert json.loads((tmp_path / "sel" / "selection.json").read_text())["best"]["iteration"] == 200
     assert (tmp_path / "sel" / "checkpoint_scores.png").stat().st_size > 10_000
-    # `every` keeps the newest checkpoint; `first` skips early ones
-    only_last = select_checkpoint(config, run_dir, first=150, out_dir=tmp_path / "sel2", progress=False)
-    assert [r["iteration"] for r in only_last["rows"]] == [200]
+    # `first` skips early checkpoints; predictions with and without test-time augmentation
+    only_last = select_checkpoint(config, run_dir, first=150, out_dir=tmp_path / "sel2", progress=False,
+                                  augmentations=(False, True))
+    assert [(r["iteration"], r["test_time_augmentation"]) for r in only_last["rows"]] == [(200, False), (200, True)]
+    assert only_last["rows"][0] == next(r for r in result["rows"] if (r["iteration"], r["min_seed_distance"]) == (200, 10))
+    assert only_last["rows"][1]["voi_sum"] != only_last["rows"][0]["voi_sum"]
 
 
 def test_selection_needs_checkpoints_and_a_validation_volume(run_dir, tmp_path):
@@ -78,4 +81,4 @@ def test_select_register_promote_from_the_command_line(run_dir, tmp_path, monkey
     champion = resolve_model("models:/mtlsd-gala@champion", workspace)
     assert champion.tags["model_iteration"] == "200"
     assert "roi" not in champion.tags and "shape (500, 1000, 1000) nm" in champion.tags["validation_volume"]
-    assert champion.tags["post_processing"].startswith("hist_quant_50, min_seed_distance ")
+    assert champion.tags["evaluation_settings"].startswith("test_time_augmentation False, hist_quant_50, min_seed_distance ")

@@ -54,6 +54,8 @@ def test_demo_reduced_retrains_a_tiny_network(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ROC AUC" in out and "picture:" in out
     assert "VOI split" in out and "<- best" in out
+    # scored on the config's test region; the threshold is also chosen on the validation region
+    assert "offset (0, 0, 1000) nm" in out and "threshold chosen on the validation region" in out
     assert (tmp_path / "demo" / "evaluation" / "evaluation.json").is_file()
     assert (tmp_path / "demo" / "affinities.png").stat().st_size > 10_000
     assert (tmp_path / "demo" / "model.pt").is_file()
