@@ -88,7 +88,8 @@ def main() -> None:
     model, meta = load_model(config.prediction.checkpoint)
     mean, std = intensity_stats(raw_array)
     input_shape, output_shape = config.prediction_shapes
-    _, affs = predict_array(model, raw / 255.0, input_shape, output_shape, mean, std)
+    _, affs = predict_array(model, raw / 255.0, input_shape, output_shape, mean, std,
+                            augment=config.prediction.test_time_augmentation)
     mtlsd = post_process(affs, config)
     seconds["mtlsd"] = time.perf_counter() - began
 
@@ -121,7 +122,8 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "volume": str(test.path), "validation_region": str(validation), "test_region": str(test),
-        "model_iteration": meta.get("iteration"), "merge_function": config.segmentation.merge_function,
+        "model_iteration": meta.get("iteration"),
+        "test_time_augmentation": config.prediction.test_time_augmentation, "merge_function": config.segmentation.merge_function,
         "min_seed_distance": config.segmentation.min_seed_distance, "threshold_from_validation": chosen,
         "h_from_validation": chosen_h,
         "results": results, "seconds": seconds,

@@ -16,6 +16,8 @@ from lsdflow.core.predict import predict_volume
 from lsdflow.core.volumes import list_datasets, open_array, write_array
 
 QUIET = RunSettings(workers=2, progress=False)
+# one pass per tile (the shipped config averages 8 mirrorings; tested on its own below)
+PLAIN = ["prediction.test_time_augmentation=false"]
 
 
 @pytest.fixture
@@ -26,8 +28,8 @@ def volume(tmp_path, gala_test):
 
 
 def test_blockwise_prediction_equals_the_in_memory_path(volume, tmp_path):
-    config = load_config("gala")  # 72^3-voxel blocks: 6 blocks on gala_test
-    assert main(["predict", "gala", str(volume), "--blockwise", "--workers", "2", "--quiet"]) == 0
+    config = load_config("gala", PLAIN)  # 72^3-voxel blocks: 6 blocks on gala_test
+    assert main(["predict", "gala", str(volume), "--blockwise", "--workers", "2", "--quiet", "--set", PLAIN[0]]) == 0
     reference = tmp_path / "reference.zarr"
     shutil.copytree(volume, reference, ignore=shutil.ignore_patterns("pred_*", ".lsdflow"))
     predict_volume(config, reference, progress=False)
@@ -51,7 +53,7 @@ def test_blocks_outside_the_mask_are_skipped(volume):
     mask = np.zeros(raw.shape, np.uint8)
     mask[:, :, :72] = 1  # only the first column of blocks holds tissue
     write_array(volume, "volumes/masks/tissue", raw.roi, raw.voxel_size, mask)
-    config = load_config("gala", ['blockwise.mask_dataset="volumes/masks/tissue"'])
+    config = load_config("gala", [*PLAIN, 'blockwise.mask_dataset="volumes/masks/tissue"'])
     result = predict_blockwise(config, volume, settings=QUIET)
     stage = result["stage"]
     assert stage["blocks"] == 6 and stage["skipped"] == 4 and stage["processed"] == 2
@@ -61,7 +63,7 @@ def test_blocks_outside_the_mask_are_skipped(volume):
 
 
 def test_a_missing_model_writes_nothing(volume, tmp_path):
-    config = load_config("gala")
+    config = load_config("gala", PLAIN)
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         predict_blockwise(config, volume, model_file=tmp_path / "no-such-model.pt", settings=QUIET)
     assert not (volume / "volumes/pred_affs").exists()
@@ -86,6 +88,6 @@ def test_blockwise_test_time_augmentation_equals_the_in_memory_path(tmp_path, ga
         ours, theirs = open_array(tmp_path / "blocks.zarr", f"volumes/{name}"), open_array(tmp_path / "memory.zarr", f"volumes/{name}")
         assert np.abs(ours[ours.roi].astype(int) - theirs[theirs.roi].astype(int)).max() <= 1, name
     assert zarr.open(str(tmp_path / "blocks.zarr" / "volumes/pred_affs")).attrs["test_time_augmentation"] is True
-    plain = load_config("gala")
+    plain = load_config("gala", PLAIN)
     assert prediction_key(config, tmp_path / "blocks.zarr", config.prediction.checkpoint) != prediction_key(
         plain, tmp_path / "blocks.zarr", plain.prediction.checkpoint)
