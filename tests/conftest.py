@@ -29,6 +29,7 @@ TINY_NET = [
     "model.input_shape=[52, 52, 52]",
     "training.precache_workers=1",
     "training.precache_size=2",
+    "prediction.test_time_augmentation=false",
 ]
 
 

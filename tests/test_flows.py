@@ -12,7 +12,8 @@ from lsdflow.core.blockwise import BlockwiseError
 from lsdflow.core.blockwise_segment import BlockwiseSegmentation
 from lsdflow.core.volumes import VolumeError, open_array, write_array
 
-BLOCKS = ["blockwise.block_size_nm=[640, 640, 640]"]
+# one prediction pass per tile: these tests are about orchestration, not the shipped setting
+BLOCKS = ["blockwise.block_size_nm=[640, 640, 640]", "prediction.test_time_augmentation=false"]
 
 
 @pytest.fixture
