@@ -63,8 +63,16 @@ def test_event_from_the_watcher_triggers_process_acquisition(tmp_path, gala_test
     api = f"http://127.0.0.1:{port}/api"
     landing = tmp_path / "landing"
     landing.mkdir()
+    # the served flows use the gala config with one prediction pass per tile (the shipped
+    # config's test-time augmentation makes blockwise prediction 8x slower; it is tested
+    # on its own in test_blockwise_predict)
+    from lsdflow.core.config import load_config
+
+    one_pass = tmp_path / "gala-one-pass.json"
+    one_pass.write_text(load_config("gala", ["prediction.test_time_augmentation=false"]).model_dump_json())
     env = {
         **os.environ,
+        "LSDFLOW_CONFIG": str(one_pass),
         "PREFECT_HOME": str(tmp_path / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_API_URL": api,
