@@ -67,7 +67,7 @@ def test_bad_input_writes_nothing(tmp_path, gala_copy):
     with pytest.raises(VolumeError, match="volumes/raw"):
         predict_volume(config.model_copy(update={"data": config.data.model_copy(update={"raw_dataset": "volumes/nope"})}), gala_copy, progress=False)
     with pytest.raises(ConfigError, match="data.voxel_size"):
-        predict_volume(load_config("gala", ["data.voxel_size=[8, 8, 8]"]), gala_copy, progress=False)
+        predict_volume(load_config("gala", ["data.voxel_size=[8, 8, 8]", "data.validation=[]", "data.test=[]"]), gala_copy, progress=False)
     with pytest.raises(FileNotFoundError):
         predict_volume(config, gala_copy, model_file=tmp_path / "missing.pt", progress=False)
     assert list_datasets(gala_copy) == before

@@ -128,7 +128,7 @@ def test_mito_model_trains_on_mito_labels(tmp_path, gala_train, tiny_gala_config
 
 
 def test_voxel_size_that_disagrees_with_the_data_is_rejected(tiny_gala_config):
-    config = tiny_gala_config("data.voxel_size=[8, 8, 8]", "model.input_shape=[52, 52, 52]")
+    config = tiny_gala_config("data.voxel_size=[8, 8, 8]", "data.validation=[]", "data.test=[]", "model.input_shape=[52, 52, 52]")
     with pytest.raises(ConfigError) as e:
         train(config, iterations=1, progress=False)
     msg = str(e.value)
