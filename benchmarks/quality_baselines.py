@@ -35,7 +35,7 @@ from lsdflow.core.config import load_config
 from lsdflow.core.metrics import segmentation_scores
 from lsdflow.core.predict import predict_array
 from lsdflow.core.segment import agglomerate, fragments_from_affinities
-from lsdflow.core.volumes import intensity_stats, open_array
+from lsdflow.core.volumes import intensity_stats, open_array, voxel_slices
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,11 +52,6 @@ def post_process(affs, config) -> dict:
     seg = config.segmentation
     fragments = fragments_from_affinities(affs, bool(seg.fragments_in_xy), seg.min_seed_distance)
     return agglomerate(affs, fragments, seg.thresholds, seg.merge_function)
-
-
-def voxel_slices(roi, volume_roi, voxel_size) -> tuple[slice, ...]:
-    begin = (roi.begin - volume_roi.begin) / voxel_size
-    return tuple(slice(b, b + s) for b, s in zip(begin, roi.shape / voxel_size))
 
 
 def print_table(title: str, results: dict) -> None:

@@ -17,7 +17,7 @@ from funlib.geometry import Coordinate, Roi
 
 from .blockwise import BlockProcessor, RunSettings, Stage, grid_blocks, run_stage
 from .staged_arrays import OutputArray, StagedArrays, stage_key
-from .volumes import VolumeError, dataset_fingerprint, intensity_stats, open_array
+from .volumes import VolumeError, dataset_fingerprint, intensity_stats, open_array, voxel_slices
 
 CODE_VERSION = "blockwise-predict-1"
 
@@ -81,7 +81,7 @@ class PredictBlock(BlockProcessor):
             return  # outputs keep their fill value 0
         scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
         normalized = np.zeros(tuple(full.shape / vs), dtype=np.float32)  # 0 = the mean
-        where = tuple(slice(b, b + s) for b, s in zip((inside.begin - full.begin) / vs, inside.shape / vs))
+        where = voxel_slices(inside, full, vs)
         normalized[where] = (raw.astype(np.float32) / scale - self.mean) / self.std
         results = predict_with_context(
             self._h_model, normalized, self.input_shape, self.output_shape, self.batch_size, self._h_device,

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from funlib.geometry import Coordinate, Roi
+from funlib.geometry import Coordinate
 
 from .blockwise import BlockProcessor, RunSettings, Stage, block_index, run_stage
 from .find_segments import LutMapper, read_lut, segment_luts, write_luts
@@ -31,14 +31,9 @@ from .graphstore import Edges, Nodes, default_graph_url, open_graph_store, redac
 from .merge_history import edge_merge_scores, region_adjacency
 from .segment import as_float_affinities, fill_boundaries, fragments_from_affinities, quiet_stdout, scoring_function
 from .staged_arrays import OutputArray, StagedArrays, stage_key
-from .volumes import VolumeError, dataset_fingerprint, open_array
+from .volumes import VolumeError, dataset_fingerprint, open_array, voxel_slices
 
 CODE_VERSION = "blockwise-segment-3"  # bump when a stage's results change
-
-
-def _crop(write_roi: Roi, read_roi: Roi, voxel_size: Coordinate) -> tuple[slice, ...]:
-    begin = (write_roi.begin - read_roi.begin) / voxel_size
-    return tuple(slice(b, b + s) for b, s in zip(begin, write_roi.shape / voxel_size))
 
 
 class _GraphBlock(BlockProcessor):
@@ -77,7 +72,7 @@ class FragmentsBlock(_GraphBlock):
             raise VolumeError(f"{self.container}/{self.affs_dataset}: NaN or infinite affinities in {read_roi}")
         fragments = fragments_from_affinities(
             affs, self.fragments_in_xy, self.min_seed_distance, self.filter_fragments
-        )[_crop(block.write_roi, read_roi, vs)]
+        )[voxel_slices(block.write_roi, read_roi, vs)]
         index = block_index(block.write_roi, self.total_roi, self.block_size)
         ids, local = np.unique(fragments, return_inverse=True)
         local = local.reshape(fragments.shape).astype(np.uint64)
@@ -119,7 +114,7 @@ class AgglomerateBlock(_GraphBlock):
         read_roi = block.read_roi.intersect(self._h_affs.roi)
         affs = as_float_affinities(self._h_affs[read_roi][:3])
         fragments = self._h_fragments[read_roi]
-        owned = np.unique(fragments[_crop(block.write_roi, read_roi, vs)])
+        owned = np.unique(fragments[voxel_slices(block.write_roi, read_roi, vs)])
         owned = owned[owned != 0]
         edges = Edges.empty()
         if len(owned):
@@ -174,7 +169,7 @@ class RelabelBlock(BlockProcessor):
         local = local.reshape(fragments.shape)
         if ids[0] != 0:
             ids, local = np.concatenate([[0], ids]).astype(np.uint64), local + 1
-        filled = ids[fill_boundaries(local, affs)[_crop(block.write_roi, read_roi, vs)]]
+        filled = ids[fill_boundaries(local, affs)[voxel_slices(block.write_roi, read_roi, vs)]]
         mapper = LutMapper(filled)
         for threshold, output in self._h_outputs.items():
             output[block.write_roi] = mapper.apply(*self._h_luts[threshold])
@@ -205,7 +200,7 @@ class BlockwiseSegmentation:
         self.settings = settings or RunSettings(bw.workers, bw.retries, bw.block_timeout_s, bw.launcher)
         self.merge_function = seg.merge_function
         scoring_function(self.merge_function)  # unknown names fail before any work
-        self.fragments_in_xy = seg.fragments_in_xy if seg.fragments_in_xy is not None else config.data.is_anisotropic
+        self.fragments_in_xy = config.fragments_in_xy()
         self.min_seed_distance = seg.min_seed_distance
         self.filter_fragments = seg.filter_fragments
         affs = _check_affinities_dataset(self.container, affs_dataset)

@@ -189,7 +189,7 @@ def cmd_segment(args) -> int:
         return 0
     if args.graph:
         raise ConfigError("--graph needs --blockwise (the in-memory path keeps no region graph)")
-    fragments_in_xy = seg.fragments_in_xy if seg.fragments_in_xy is not None else config.data.is_anisotropic
+    fragments_in_xy = config.fragments_in_xy()
     thresholds = args.thresholds or default_thresholds(args.volume, args.affs, seg.thresholds)
     result = segment_volume(
         args.volume, args.affs, thresholds=thresholds,

@@ -360,6 +360,12 @@ class LsdflowConfig(_Strict):
         shape = self.prediction.input_shape or self.model.input_shape
         return shape, self.model.geometry.output_shape(shape)  # type: ignore[return-value]
 
+    def fragments_in_xy(self, segmentation: SegmentationConfig | None = None) -> bool:
+        """Fragments per section: as `segmentation` (default the config's) says, else on for
+        anisotropic data."""
+        seg = segmentation or self.segmentation
+        return bool(seg.fragments_in_xy) if seg.fragments_in_xy is not None else self.data.is_anisotropic
+
     def with_model(self, model: ModelConfig) -> LsdflowConfig:
         """This config with another network (a model file's own), keeping the prediction
         input shape only where it fits that network."""

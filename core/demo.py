@@ -23,7 +23,7 @@ from .plots import plot_affinity_slices
 from .predict import predict_array
 from .train import train
 from .validation import score_model
-from .volumes import intensity_stats, open_array
+from .volumes import intensity_stats, open_array, voxel_slices
 
 
 def run_demo(
@@ -56,8 +56,7 @@ def run_demo(
     # raw data around it is the network's context
     region = volume.roi if volume.roi is not None else raw_array.roi
     labels = labels_array[region]
-    begin = (region.begin - raw_array.roi.begin) / raw_array.voxel_size
-    inside = tuple(slice(b, b + s) for b, s in zip(begin, labels.shape))
+    inside = voxel_slices(region, raw_array.roi, raw_array.voxel_size)
     mean, std = intensity_stats(raw_array)
     scale = 255.0 if raw.dtype.kind == "u" and raw.dtype.itemsize == 1 else 1.0
     m = config.model

@@ -55,9 +55,8 @@ def segment_and_score(
     (default: the config's) and score every threshold within `roi`."""
     seg = segmentation or config.segmentation
     shutil.rmtree(work / "volumes" / "segmentation", ignore_errors=True)  # earlier settings' results
-    in_xy = seg.fragments_in_xy if seg.fragments_in_xy is not None else config.data.is_anisotropic
     segment_volume(
-        work, thresholds=seg.thresholds, merge_function=seg.merge_function, fragments_in_xy=bool(in_xy),
+        work, thresholds=seg.thresholds, merge_function=seg.merge_function, fragments_in_xy=config.fragments_in_xy(seg),
         min_seed_distance=seg.min_seed_distance, filter_fragments=seg.filter_fragments,
     )
     return evaluate_volume(work, seg.merge_function, config.data.labels_dataset, out_dir=out_dir, roi=roi)

@@ -99,6 +99,12 @@ def create_array(
     return array
 
 
+def voxel_slices(roi: Roi, within: Roi, voxel_size) -> tuple[slice, ...]:
+    """Index of `roi` in an array that covers `within` at `voxel_size`."""
+    begin = (roi.begin - within.begin) / Coordinate(voxel_size)
+    return tuple(slice(b, b + s) for b, s in zip(begin, roi.shape / Coordinate(voxel_size)))
+
+
 def intensity_stats(array: Array, max_chunks: int = 64, seed: int = 0) -> tuple[float, float]:
     """Mean and standard deviation of raw intensities, scaled to [0, 1] for integer data.
 

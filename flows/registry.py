@@ -338,9 +338,8 @@ def evaluation_settings(config) -> str:
     """The prediction and segmentation settings an evaluation used: scores are comparable
     only under the same."""
     seg = config.segmentation
-    in_xy = seg.fragments_in_xy if seg.fragments_in_xy is not None else config.data.is_anisotropic
     return (f"test_time_augmentation {config.prediction.test_time_augmentation}, {seg.merge_function}, "
-            f"min_seed_distance {seg.min_seed_distance}, fragments_in_xy {bool(in_xy)}, "
+            f"min_seed_distance {seg.min_seed_distance}, fragments_in_xy {config.fragments_in_xy()}, "
             f"filter_fragments {seg.filter_fragments:g}")
 
 
