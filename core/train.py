@@ -332,6 +332,25 @@ class TrainingResult:
         return done / self.seconds if self.seconds > 0 else float("nan")
 
 
+class _Train(gunpowder.torch.Train):
+    """gunpowder's Train, with the configured learning rate kept on resume.
+
+    Train.start() restores the optimizer's state from the newest checkpoint, learning
+    rate included: a run resumed with a lower `training.learning_rate` (the usual way to
+    decay it) would silently go on with the old one."""
+
+    def __init__(self, *args, learning_rate: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.learning_rate = learning_rate
+
+    def start(self):
+        super().start()
+        for group in self.optimizer.param_groups:
+            if group["lr"] != self.learning_rate:
+                logger.info("learning rate %g (checkpoint had %g)", self.learning_rate, group["lr"])
+            group["lr"] = self.learning_rate
+
+
 def _write_run_config(config: LsdflowConfig) -> None:
     """Keep the resolved config beside the checkpoints; refuse to resume another network."""
     config.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -379,7 +398,7 @@ def train(
         loss_inputs[3 * i] = keys.predictions[name]
         loss_inputs[3 * i + 1] = keys.targets[name]
         loss_inputs[3 * i + 2] = keys.weights[name]
-    train_node = gunpowder.torch.Train(
+    train_node = _Train(
         model=model,
         loss=loss,
         optimizer=optimizer,
@@ -389,6 +408,7 @@ def train(
         checkpoint_basename=str(checkpoint_dir / "model"),
         save_every=t.save_every,
         device=device,
+        learning_rate=t.learning_rate,
     )
     # opens and checks every training volume before anything is written
     pipeline = build_training_pipeline(config, keys, train_node=train_node)

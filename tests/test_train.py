@@ -192,6 +192,16 @@ def test_training_resumes_from_the_latest_checkpoint(tiny_gala_config):
         assert torch.equal(v, weights_at_6[k])
 
 
+def test_resuming_takes_the_configured_learning_rate(tiny_gala_config):
+    # the optimizer state in a checkpoint carries its learning rate: lowering it in the
+    # config and resuming (learning-rate decay) must take the new value
+    first = train(tiny_gala_config("training.save_every=2", "training.learning_rate=1e-3"), iterations=2, progress=False)
+    assert torch.load(first.checkpoint, weights_only=True)["optimizer_state_dict"]["param_groups"][0]["lr"] == 1e-3
+    second = train(tiny_gala_config("training.save_every=2", "training.learning_rate=1e-4"), iterations=4, progress=False)
+    assert [i for i, _ in second.losses] == [3, 4]
+    assert torch.load(second.checkpoint, weights_only=True)["optimizer_state_dict"]["param_groups"][0]["lr"] == 1e-4
+
+
 def test_resuming_with_a_different_network_is_refused(tiny_gala_config):
     train(tiny_gala_config("training.save_every=1"), iterations=1, progress=False)
     with pytest.raises(ConfigError, match="different network"):
