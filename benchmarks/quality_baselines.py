@@ -50,7 +50,7 @@ def best(rows: list[dict]) -> dict:
 
 def post_process(affs, config) -> dict:
     seg = config.segmentation
-    fragments = fragments_from_affinities(affs, bool(seg.fragments_in_xy), seg.min_seed_distance)
+    fragments = fragments_from_affinities(affs, config.fragments_in_xy(), seg.min_seed_distance, seg.filter_fragments)
     return agglomerate(affs, fragments, seg.thresholds, seg.merge_function)
 
 
