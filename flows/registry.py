@@ -41,7 +41,16 @@ def _mlflow(workspace):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    user_setting = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri(workspace))
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses). Undone: the
+    # variable means "the user's team server"; left set, the next workspace in this process
+    # would write into the first one's store, and experiments would get no workspace
+    # artifact location (MLflow's default is ./mlruns of the current directory).
+    if user_setting is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_setting
     return mlflow
 
 
@@ -234,6 +243,8 @@ def register_model(model_file, config, workspace, run_id: str | None = None, nam
         "config_hash": str(meta.get("config_fingerprint") or config.fingerprint()),
         "training_run": run_id,
         "model_iteration": str(meta.get("iteration")),
+        **({"averaged_iterations": ",".join(map(str, meta["averaged_iterations"]))}
+           if meta.get("averaged_iterations") else {}),
         "source_file": str(model_file.resolve()),
         **{k: str(v) for k, v in (tags or {}).items()},
     }

@@ -98,6 +98,28 @@ def test_loading_by_alias_restores_identical_weights(workspace):
     assert registered.tags["config_hash"] and registered.tags["source_file"].endswith("gala_mtlsd.pt")
 
 
+def test_each_workspace_keeps_its_own_store_and_artifacts(tmp_path, monkeypatch):
+    """Artifacts go to <workspace>/mlartifacts, not ./mlruns of the current directory, and
+    MLflow's exported MLFLOW_TRACKING_URI does not send a second workspace to the first store."""
+    import os
+
+    from mlflow import MlflowClient
+
+    from lsdflow.flows.registry import register_model
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    first, second = tmp_path / "first", tmp_path / "second"
+    for workspace in (first, second):
+        registered = register_model(SHIPPED, load_config("gala", workspace=workspace), workspace)
+        assert registered.uri == "models:/mtlsd-gala/1"  # a new store each time
+        source = MlflowClient().get_model_version("mtlsd-gala", "1").source
+        assert source.startswith((workspace / "mlartifacts").as_uri()), source
+        assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert (first / "mlflow.db").is_file() and (second / "mlflow.db").is_file()
+    assert not (tmp_path / "mlruns").exists()
+
+
 def test_missing_models_and_aliases_are_clear_errors(workspace, capsys, tmp_path):
     from lsdflow.flows.registry import register_model
 
