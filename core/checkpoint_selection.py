@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from .checkpoint_averaging import averaging_windows, write_averaged_model
 from .checkpoints import list_checkpoints
 from .config import ConfigError, LsdflowConfig, SegmentationConfig, VolumeRef
 from .plots import plot_checkpoint_scores
@@ -53,13 +54,17 @@ def select_checkpoint(
     out_dir: str | Path | None = None,
     progress: bool = True,
     augmentations: tuple[bool, ...] | None = None,
+    average: int = 0,
 ) -> dict:
     """Score checkpoints (iteration >= `first`, every `every`-th) on `volume` (default the
     config's first validation entry), predicted with and/or without test-time augmentation
     (`augmentations`, default the config's), under each segmentation setting of `grid`.
+    With `average` > 1, each checkpoint's weights averaged with those of the `average - 1`
+    checkpoints before it are candidates too (`checkpoint_averaging`).
 
     Returns {"rows": [...], "best": {...}, "json", "picture"}; a row holds the iteration,
-    checkpoint, settings and the scores at that setting's best threshold."""
+    checkpoint (or averaged model file), the averaged iterations (or None), settings and
+    the scores at that setting's best threshold."""
     if volume is None:
         if not config.data.validation:
             raise ConfigError(f"{config.source}: data.validation is empty; name a validation volume or region")
@@ -73,8 +78,15 @@ def select_checkpoint(
     out_dir = Path(out_dir) if out_dir else config.resolved_workspace / "checkpoint_selection"
     out_dir.mkdir(parents=True, exist_ok=True)
     work = copy_labelled_volume(config, volume, out_dir / volume.path.name)
+    candidates = [(iteration, checkpoint, None) for iteration, checkpoint in checkpoints]
+    if average > 1:
+        for window in averaging_windows(checkpoint_dir, [i for i, _ in checkpoints], average):
+            iterations = [i for i, _ in window]
+            averaged = write_averaged_model(
+                window, config, out_dir / "averaged" / f"model_average_{iterations[0]}-{iterations[-1]}.pt")
+            candidates.append((iterations[-1], averaged, iterations))
     rows = []
-    for n, (iteration, checkpoint) in enumerate(checkpoints, 1):
+    for n, (iteration, checkpoint, averaged_iterations) in enumerate(candidates, 1):
         began = time.perf_counter()
         for augment in augmentations:
             predicting = with_augmentation(config, augment)
@@ -82,13 +94,14 @@ def select_checkpoint(
             for seg in grid:
                 report = segment_and_score(predicting, work, volume.roi, seg, out_dir / "last_evaluation")
                 rows.append({
-                    "iteration": iteration, "checkpoint": str(checkpoint), "test_time_augmentation": augment,
+                    "iteration": iteration, "checkpoint": str(checkpoint), "averaged_iterations": averaged_iterations,
+                    "test_time_augmentation": augment,
                     "merge_function": seg.merge_function, "min_seed_distance": seg.min_seed_distance,
                     **report["best"],
                 })
         if progress:
-            best_here = min((r for r in rows if r["iteration"] == iteration), key=lambda r: r["voi_sum"])
-            print(f"[{n}/{len(checkpoints)}] iteration {iteration}: VOI sum {best_here['voi_sum']:.3f} "
+            best_here = min((r for r in rows if r["checkpoint"] == str(checkpoint)), key=lambda r: r["voi_sum"])
+            print(f"[{n}/{len(candidates)}] {candidate_name(best_here)}: VOI sum {best_here['voi_sum']:.3f} "
                   f"(ARAND {best_here['arand']:.3f}) in {time.perf_counter() - began:.0f} s", flush=True)
     best = min(rows, key=lambda r: r["voi_sum"])
     result = {"volume": str(volume), "checkpoint_dir": str(checkpoint_dir), "rows": rows, "best": best}
@@ -99,12 +112,22 @@ def select_checkpoint(
     return result
 
 
+def candidate_name(row: dict) -> str:
+    """'iteration 8750' or 'average of 8000..8750 (4 checkpoints)'."""
+    averaged = row.get("averaged_iterations")
+    if averaged:
+        return f"average of {averaged[0]}..{averaged[-1]} ({len(averaged)} checkpoints)"
+    return f"iteration {row['iteration']}"
+
+
 def format_selection(result: dict) -> str:
-    lines = [f"{'iteration':>9s} {'TTA':>3s} {'merge function':>15s} {'seed dist':>9s} {'threshold':>9s} "
+    lines = [f"{'iteration':>9s} {'averaged':>14s} {'TTA':>3s} {'merge function':>15s} {'seed dist':>9s} {'threshold':>9s} "
              f"{'VOI split':>9s} {'VOI merge':>9s} {'VOI sum':>8s} {'ARAND':>7s}"]
     for r in result["rows"]:
         mark = "  <- best" if r == result["best"] else ""
         tta = "on" if r["test_time_augmentation"] else "off"
-        lines.append(f"{r['iteration']:9d} {tta:>3s} {r['merge_function']:>15s} {r['min_seed_distance']:9d} {r['threshold']:9.3g} "
+        averaged = r.get("averaged_iterations")
+        averaged = f"{averaged[0]}..{averaged[-1]}" if averaged else "-"
+        lines.append(f"{r['iteration']:9d} {averaged:>14s} {tta:>3s} {r['merge_function']:>15s} {r['min_seed_distance']:9d} {r['threshold']:9.3g} "
                      f"{r['voi_split']:9.3f} {r['voi_merge']:9.3f} {r['voi_sum']:8.3f} {r['arand']:7.3f}{mark}")
     return "\n".join(lines)

@@ -63,14 +63,22 @@ def export_model(
 ) -> Path:
     """Write a portable model file: weights (float32, CPU) + resolved config, no optimizer."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return write_model_file(state["model_state_dict"], config, out, iteration)
+
+
+def write_model_file(
+    state_dict: dict[str, torch.Tensor], config: LsdflowConfig, out: str | os.PathLike, iteration: int, **extra: Any
+) -> Path:
+    """The portable model file format: weights + resolved config (+ `extra` plain data)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": "lsdflow-model/1",
-        "model_state_dict": state["model_state_dict"],
+        "model_state_dict": state_dict,
         "config": config.model_dump(mode="json"),
         "iteration": iteration,
         "config_fingerprint": config.fingerprint(),
+        **extra,
     }
     tmp = out.with_name(out.name + ".tmp")
     torch.save(payload, tmp)

@@ -95,7 +95,8 @@ def cmd_train(args) -> int:
 
     config = _config(args)
     print(f"training {config.name} ({config.model.kind}) in {config.resolved_workspace}")
-    result = train(config, iterations=args.iterations, device=args.device, progress=not args.quiet)
+    result = train(config, iterations=args.iterations, device=args.device, progress=not args.quiet,
+                   init_from=args.init_from)
     print(
         f"iteration {result.iteration}: checkpoint {result.checkpoint} "
         f"({result.iterations_per_second:.2f} it/s on {result.device})"
@@ -218,17 +219,18 @@ def cmd_evaluate(args) -> int:
 
 def run_selection(args, config) -> dict:
     """`select-checkpoint`: score, print the table and what to change in the config."""
-    from .checkpoint_selection import format_selection, segmentation_grid, select_checkpoint
+    from .checkpoint_selection import candidate_name, format_selection, segmentation_grid, select_checkpoint
 
     augmentations = {"config": None, "off": (False,), "on": (True,), "both": (False, True)}[args.test_time_augmentation]
     result = select_checkpoint(
         config, args.checkpoints or config.checkpoint_dir,
         grid=segmentation_grid(config, args.merge_functions, args.min_seed_distances),
         first=args.first, every=args.every, out_dir=args.out, progress=not args.quiet, augmentations=augmentations,
+        average=args.average,
     )
     print(format_selection(result))
     best = result["best"]
-    print(f"best on {result['volume']}: iteration {best['iteration']} ({best['checkpoint']}), "
+    print(f"best on {result['volume']}: {candidate_name(best)} ({best['checkpoint']}), "
           f"threshold {best['threshold']:g}, VOI sum {best['voi_sum']:.3f}, ARAND {best['arand']:.3f}")
     settings = {
         "prediction.test_time_augmentation": (config.prediction.test_time_augmentation, best["test_time_augmentation"]),
@@ -292,6 +294,9 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
     train.add_argument("--iterations", type=int, help="total iterations (default from config)")
     train.add_argument("--device", help="torch device (default cuda when available, else cpu)")
     train.add_argument("--export", type=Path, help="also write a portable model file here")
+    train.add_argument("--init-from", metavar="MODEL",
+                       help="start a new run from this model's weights (a model file; with the registry, "
+                            "also models:/NAME@ALIAS or @ALIAS), e.g. to fine-tune on new data")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
 
@@ -334,6 +339,8 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
                         help="alternatives to segmentation.min_seed_distance")
     select.add_argument("--test-time-augmentation", choices=["config", "off", "on", "both"], default="config",
                         help="predict with/without averaging over mirrorings (default: the config's setting)")
+    select.add_argument("--average", type=int, default=0, metavar="N",
+                        help="also score each checkpoint's weights averaged with the N-1 before it")
     select.add_argument("--out", type=Path, help="report directory (default <workspace>/checkpoint_selection)")
     select.add_argument("--quiet", action="store_true")
     select.set_defaults(func=cmd_select_checkpoint)

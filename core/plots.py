@@ -134,15 +134,17 @@ def plot_checkpoint_scores(rows: list[dict], out: str | os.PathLike, title: str 
     per segmentation setting; the best point is marked."""
     out = Path(out)
     def setting(r: dict) -> tuple:
-        return r.get("test_time_augmentation", False), r["merge_function"], r["min_seed_distance"]
+        return (len(r.get("averaged_iterations") or []), r.get("test_time_augmentation", False),
+                r["merge_function"], r["min_seed_distance"])
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for tta, mf, msd in sorted({setting(r) for r in rows}):
-        mine = sorted((r for r in rows if setting(r) == (tta, mf, msd)), key=lambda r: r["iteration"])
+    for averaged, tta, mf, msd in sorted({setting(r) for r in rows}):
+        mine = sorted((r for r in rows if setting(r) == (averaged, tta, mf, msd)), key=lambda r: r["iteration"])
         it = [r["iteration"] for r in mine]
         for ax, key in zip(axes, ("voi_sum", "arand")):
-            ax.plot(it, [r[key] for r in mine], marker=".",
-                    label=f"{'mirrored x8, ' if tta else ''}{mf}, seed distance {msd}")
+            ax.plot(it, [r[key] for r in mine], marker=".", linestyle="--" if averaged else "-",
+                    label=f"{f'average of {averaged}, ' if averaged else ''}{'mirrored x8, ' if tta else ''}"
+                          f"{mf}, seed distance {msd}")
     best = min(rows, key=lambda r: r["voi_sum"])
     for ax, key, name in zip(axes, ("voi_sum", "arand"), ("VOI sum (split + merge)", "adapted Rand error")):
         ax.scatter([best["iteration"]], [best[key]], s=120, facecolors="none", edgecolors="red", zorder=3,

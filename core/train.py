@@ -366,18 +366,54 @@ def _write_run_config(config: LsdflowConfig) -> None:
     path.write_text(config.model_dump_json(indent=2))
 
 
+def start_from_model(config: LsdflowConfig, model_file: str | Path) -> int:
+    """Begin a run with a trained model's weights (fine-tuning, or continuing with a new
+    optimizer): its weights and a fresh Adam state become the run's first checkpoint,
+    numbered with the model's iteration so that the count goes on. Returns that iteration.
+
+    Refused, before anything is written, when the workspace already holds checkpoints
+    (that run resumes by itself) or when the weights do not fit the config's network."""
+    from .checkpoints import load_model
+
+    existing = latest_checkpoint(config.checkpoint_dir)
+    if existing:
+        raise ConfigError(
+            f"{config.checkpoint_dir} already holds checkpoints (newest {existing[1].name}): a run started "
+            f"from {model_file} needs a new workspace (without the model file, training resumes)"
+        )
+    trained, meta = load_model(model_file)
+    model = build_model(config.model)
+    try:
+        model.load_state_dict(trained.state_dict())
+    except RuntimeError as e:
+        raise ConfigError(
+            f"{model_file}: its weights do not fit the network of {config.source} "
+            f"(model section: {config.model.kind}, num_fmaps {config.model.num_fmaps}): {str(e).splitlines()[0]}"
+        ) from None
+    _write_run_config(config)
+    iteration = int(meta.get("iteration") or 0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.training.learning_rate)
+    save_training_checkpoint(config.checkpoint_dir, iteration, model.train(), optimizer)
+    logger.info("run starts from %s at iteration %d", model_file, iteration)
+    return iteration
+
+
 def train(
     config: LsdflowConfig,
     iterations: int | None = None,
     device: str | None = None,
     progress: bool = True,
     on_log: Callable[[int, float, float], None] | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainingResult:
-    """Train (or resume training) up to `iterations` total iterations."""
+    """Train (or resume training) up to `iterations` total iterations; `init_from`: start
+    a new run from a model file's weights (`start_from_model`)."""
     t = config.training
     total = iterations if iterations is not None else t.iterations
     device = device or default_device()
     checkpoint_dir = config.checkpoint_dir
+    if init_from is not None:
+        start_from_model(config, init_from)
 
     start = latest_checkpoint(checkpoint_dir)
     start_iteration = start[0] if start else 0

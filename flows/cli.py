@@ -19,6 +19,15 @@ def _workspace(config) -> Path:
     return config.resolved_workspace
 
 
+def _init_from(reference: str | None, config) -> Path | None:
+    """A model file for `train --init-from`: a path, or a registered version's file."""
+    if reference is None or not reference.startswith(("models:/", "@")):
+        return Path(reference) if reference else None
+    from .registry import resolve_model
+
+    return resolve_model(_model_uri(reference, config), _workspace(config)).file
+
+
 def cmd_train(args) -> int:
     from ..core.checkpoints import export_model
     from ..core.plots import plot_training_log
@@ -30,7 +39,7 @@ def cmd_train(args) -> int:
     print(f"training {config.name} ({config.model.kind}) in {workspace}; MLflow: {tracking_uri(workspace)}")
     with TrainingRun(config, workspace) as run:
         result = train(config, iterations=args.iterations, device=args.device, progress=not args.quiet,
-                       on_log=run.on_log)
+                       on_log=run.on_log, init_from=_init_from(args.init_from, config))
         png = plot_training_log(workspace / "training_log.csv")
         run.finish(result, png)
         print(f"iteration {result.iteration}: checkpoint {result.checkpoint} "
@@ -62,7 +71,7 @@ def cmd_register(args) -> int:
 def cmd_select_checkpoint(args) -> int:
     """core's select-checkpoint; with --register the best checkpoint becomes @challenger,
     its validation scores recorded (under the winning settings)."""
-    from ..core.checkpoint_selection import with_settings
+    from ..core.checkpoint_selection import candidate_name, with_settings
     from .model_evaluation import evaluate_model
     from .registry import register_model
 
@@ -72,7 +81,7 @@ def cmd_select_checkpoint(args) -> int:
         best = result["best"]
         registered = register_model(best["checkpoint"], config, _workspace(config), name=args.model_name)
         evaluate_model(registered.uri, config.data.validation[0], with_settings(config, best), _workspace(config))
-        print(f"registered {registered.uri} (iteration {best['iteration']}) as @challenger with its validation "
+        print(f"registered {registered.uri} ({candidate_name(best)}) as @challenger with its validation "
               f"scores; `lsdflow promote {config.name}` makes it champion if it beats the champion")
     return 0
 

@@ -22,6 +22,8 @@ from lsdflow.core.train import (
 )
 from lsdflow.core.volumes import VolumeError
 
+from .conftest import TINY_NET
+
 
 def request_one_batch(config, seed=1):
     keys = TrainingKeys.for_outputs(config.model.outputs)
@@ -206,6 +208,34 @@ def test_resuming_with_a_different_network_is_refused(tiny_gala_config):
     train(tiny_gala_config("training.save_every=1"), iterations=1, progress=False)
     with pytest.raises(ConfigError, match="different network"):
         train(tiny_gala_config("model.num_fmaps=5"), iterations=2, progress=False)
+
+
+def test_a_run_starts_from_a_model_files_weights(tiny_gala_config, tmp_path):
+    """`--init-from`: the model's weights and a fresh optimizer become the first checkpoint,
+    numbered with the model's iteration; training goes on from there."""
+    from lsdflow.core.checkpoints import export_model
+
+    donor_config = tiny_gala_config("training.save_every=2")
+    donor = train(donor_config, iterations=2, progress=False)
+    model_file = export_model(donor.checkpoint, donor_config, tmp_path / "donor.pt", 2)
+
+    config = load_config("gala", [*TINY_NET, "training.save_every=100"], workspace=tmp_path / "finetune")
+    result = train(config, iterations=4, progress=False, init_from=model_file)
+    assert [i for i, _ in result.losses] == [3, 4]
+    assert [i for i, _ in list_checkpoints(config.checkpoint_dir)] == [2, 4]
+    start = torch.load(config.checkpoint_dir / "model_checkpoint_2", weights_only=True)
+    assert start["optimizer_state_dict"]["state"] == {}  # a new optimizer
+    donor_weights = torch.load(donor.checkpoint, weights_only=True)["model_state_dict"]
+    assert all(torch.equal(start["model_state_dict"][k], v) for k, v in donor_weights.items())
+
+    # a workspace with checkpoints resumes instead; the refusal says so
+    with pytest.raises(ConfigError, match="already holds checkpoints"):
+        train(config, iterations=6, progress=False, init_from=model_file)
+    # weights of another network are refused before anything is written
+    other = load_config("gala", [*TINY_NET, "model.num_fmaps=5"], workspace=tmp_path / "other")
+    with pytest.raises(ConfigError, match="do not fit the network"):
+        train(other, iterations=4, progress=False, init_from=model_file)
+    assert not other.checkpoint_dir.exists()
 
 
 def test_a_training_region_keeps_the_held_out_labels_out(tmp_path, gala_train, tiny_gala_config):
