@@ -86,6 +86,14 @@ def write_model_file(
     return out
 
 
+def describe_model(meta: dict[str, Any]) -> str:
+    """'iteration 8750', or for averaged weights 'average of iterations 9250..10000 (4)'."""
+    averaged = meta.get("averaged_iterations")
+    if averaged:
+        return f"average of iterations {averaged[0]}..{averaged[-1]} ({len(averaged)})"
+    return f"iteration {meta.get('iteration')}"
+
+
 def load_model(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:

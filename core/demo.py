@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .affinities import affinity_quality
-from .checkpoints import export_model, load_model
+from .checkpoints import describe_model, export_model, load_model
 from .config import LsdflowConfig, load_config
 from .evaluate import evaluate_volume, format_scores
 from .models import build_model
@@ -62,7 +62,7 @@ def run_demo(
     m = config.model
     input_shape, output_shape = config.prediction_shapes
     report = {"volume": str(volume), "model_file": str(model_file), "iteration": meta.get("iteration"),
-              "model_uri": (model_attrs or {}).get("model_uri")}
+              "model": describe_model(meta), "model_uri": (model_attrs or {}).get("model_uri")}
     for name, net in (("pretrained", model), ("untrained", _untrained(config))):
         began = time.perf_counter()
         outputs = predict_array(
@@ -77,7 +77,7 @@ def run_demo(
             report["picture"] = str(
                 plot_affinity_slices(
                     raw[inside], labels, affs, out_dir / "affinities.png",
-                    title=f"{config.name}: {volume.path.name}, model iteration {meta.get('iteration')}",
+                    title=f"{config.name}: {volume.path.name}, model {describe_model(meta)}",
                 )
             )
     # predict → fragments + agglomeration → VOI/ARAND in the test region, on a copy of the
@@ -109,7 +109,7 @@ def _untrained(config: LsdflowConfig) -> torch.nn.Module:
 def format_report(report: dict) -> str:
     lines = [
         f"volume: {report['volume']}",
-        f"model:  {report.get('model_uri') or report['model_file']} (iteration {report['iteration']})",
+        f"model:  {report.get('model_uri') or report['model_file']} ({report['model']})",
         "",
         f"{'affinities vs ground truth':28s} {'ROC AUC':>8s} {'bal. acc.':>10s} {'seconds':>8s}",
     ]

@@ -133,7 +133,7 @@ def prediction_attrs(model_file, meta: dict, model, raw: str, dtype: str) -> dic
     """What every prediction dataset records about the model that made it."""
     from pathlib import Path
 
-    return {
+    attrs = {
         "model_file": str(Path(model_file).resolve()),
         "model_iteration": meta.get("iteration"),
         "model_config_fingerprint": meta.get("config_fingerprint"),
@@ -141,6 +141,9 @@ def prediction_attrs(model_file, meta: dict, model, raw: str, dtype: str) -> dic
         "raw": raw,
         "value_scale": 255 if dtype == "uint8" else 1,
     }
+    if meta.get("averaged_iterations"):  # weights averaged over checkpoints (checkpoint_averaging)
+        attrs["model_averaged_iterations"] = list(meta["averaged_iterations"])
+    return attrs
 
 
 def predict_volume(

@@ -125,7 +125,7 @@ def cmd_demo(args) -> int:
     """The demo shows the whole loop: the shipped model is the local registry's champion."""
     from ..core.config import load_config
     from ..core.demo import format_report, run_demo
-    from .registry import register_model, resolve_model
+    from .registry import shipped_champion
 
     config = load_config("gala", args.overrides, args.workspace)
     workspace = _workspace(config)
@@ -133,12 +133,9 @@ def cmd_demo(args) -> int:
     model_file, lineage = None, None
     if not args.train:
         uri = f"models:/{name}@{CHAMPION}"
-        try:
-            registered = resolve_model(uri, workspace)
-        except RegistryError:
-            registered = register_model(config.prediction.checkpoint, config, workspace, alias=CHAMPION,
-                                        tags={"note": "shipped pretrained model"})
-            print(f"registered the shipped model as {registered.uri} @{CHAMPION} in {tracking_uri(workspace)}")
+        registered, message = shipped_champion(config, workspace)
+        if message:
+            print(message)
         model_file, lineage = registered.file, {**registered.lineage(), "model_uri": uri}
     report = run_demo(config, retrain=args.train, iterations=args.iterations, progress=not args.quiet,
                       model_file=model_file, model_attrs=lineage)

@@ -431,6 +431,28 @@ def _version_by_alias(client, name: str, alias: str):
         return None
 
 
+def shipped_champion(config, workspace) -> tuple[RegisteredModel, str | None]:
+    """The champion for `lsdflow demo`: the shipped model (`prediction.checkpoint`),
+    registered on first use. A champion that is an older shipped model (another file
+    hash) gives way to the one shipped now; a champion the user promoted stays.
+
+    Returns the champion and, when one was registered, a line saying so."""
+    import hashlib
+
+    shipped = {"note": "shipped pretrained model",
+               "sha256": hashlib.sha256(Path(config.prediction.checkpoint).read_bytes()).hexdigest()}
+    try:
+        champion = resolve_model(f"models:/{default_model_name(config)}@{CHAMPION}", workspace)
+    except RegistryError:
+        champion = None
+    if champion is not None and (champion.tags.get("note") != shipped["note"]
+                                 or champion.tags.get("sha256") == shipped["sha256"]):
+        return champion, None
+    registered = register_model(config.prediction.checkpoint, config, workspace, alias=CHAMPION, tags=shipped)
+    before = f" (was {champion.uri}, an older shipped model)" if champion else ""
+    return registered, f"registered the shipped model as {registered.uri} @{CHAMPION}{before} in {tracking_uri(workspace)}"
+
+
 def _model_uri(reference: str, config) -> str:
     """`@champion` → models:/<default name>@champion; full URIs pass through."""
     if reference.startswith("@"):

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import zarr
 
 from lsdflow.core.checkpoint_averaging import average_state_dicts, averaging_windows, write_averaged_model
 from lsdflow.core.checkpoint_selection import candidate_name, format_selection, select_checkpoint
-from lsdflow.core.checkpoints import load_model, save_training_checkpoint
+from lsdflow.core.checkpoints import describe_model, load_model, save_training_checkpoint
 from lsdflow.core.config import load_config
 from lsdflow.core.models import build_model
 
@@ -40,6 +41,8 @@ def test_an_averaged_model_file_loads_with_its_lineage(run_dir, tmp_path):  # no
     out = write_averaged_model(window, load_config("gala"), tmp_path / "avg.pt")
     model, meta = load_model(out)
     assert meta["iteration"] == 200 and meta["averaged_iterations"] == [100, 200]
+    assert describe_model(meta) == "average of iterations 100..200 (2)"
+    assert describe_model(load_model(window[-1][1])[1]) == "iteration 200"
     expected = average_state_dicts([p for _, p in window])
     assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
 
@@ -68,3 +71,6 @@ def test_selection_scores_averaged_weights_as_candidates(run_dir, tmp_path):  # 
     assert result["best"] == min(rows, key=lambda r: r["voi_sum"])
     assert candidate_name(averaged) == "average of 100..200 (2 checkpoints)"
     assert "100..200" in format_selection(result)
+    # the prediction made with the averaged weights (the last candidate) says so
+    attrs = zarr.open(str(tmp_path / "sel" / "gala_test.zarr" / "volumes" / "pred_affs")).attrs
+    assert attrs["model_averaged_iterations"] == [100, 200] and attrs["model_iteration"] == 200

@@ -33,7 +33,9 @@ def test_predict_isotropic_with_the_shipped_model(gala_copy, capsys):
     assert affs.dtype == np.uint8
     assert affs.roi == raw.roi and tuple(affs.voxel_size) == (10, 10, 10)
     attrs = zarr.open(str(gala_copy / "volumes/pred_affs")).attrs
-    assert attrs["model_iteration"] == 8750  # the shipped model (data/pretrained/gala_mtlsd.pt)
+    # the shipped model (data/pretrained/gala_mtlsd.pt): the averaged weights of 4 checkpoints
+    assert attrs["model_iteration"] == 12750
+    assert attrs["model_averaged_iterations"] == [12000, 12250, 12500, 12750]
     assert attrs["test_time_augmentation"] is True  # as the gala config asks
     assert attrs["model_file"].endswith("gala_mtlsd.pt")
     assert attrs["value_scale"] == 255

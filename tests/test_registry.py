@@ -120,6 +120,29 @@ def test_each_workspace_keeps_its_own_store_and_artifacts(tmp_path, monkeypatch)
     assert not (tmp_path / "mlruns").exists()
 
 
+def test_the_demo_champion_follows_the_shipped_model_but_not_over_a_promoted_one(workspace, tmp_path):
+    from lsdflow.flows.registry import register_model, shipped_champion
+
+    config = load_config("gala", workspace=workspace)
+    first, message = shipped_champion(config, workspace)
+    assert first.version == "1" and "registered the shipped model as models:/mtlsd-gala/1" in message
+    assert shipped_champion(config, workspace)[0].version == "1"  # the same file: nothing new
+    assert shipped_champion(config, workspace)[1] is None
+
+    # a new lsdflow ships another model: it becomes the demo's champion
+    newer = tmp_path / "newer.pt"
+    payload = torch.load(SHIPPED, weights_only=True)
+    torch.save({**payload, "iteration": payload["iteration"] + 250}, newer)
+    newer_config = load_config("gala", [f"prediction.checkpoint='{newer}'"], workspace=workspace)
+    second, message = shipped_champion(newer_config, workspace)
+    assert second.version == "2" and "(was models:/mtlsd-gala/1, an older shipped model)" in message
+
+    # a champion the user registered or promoted is kept
+    register_model(SHIPPED, config, workspace, alias="champion", tags={"note": "promoted by hand"})
+    kept, message = shipped_champion(config, workspace)
+    assert kept.version == "3" and message is None
+
+
 def test_missing_models_and_aliases_are_clear_errors(workspace, capsys, tmp_path):
     from lsdflow.flows.registry import register_model
 
