@@ -30,7 +30,7 @@ from skimage.morphology import h_minima
 from skimage.segmentation import watershed
 
 from lsdflow.core.affinities import labels_to_affinities
-from lsdflow.core.checkpoints import load_model
+from lsdflow.core.checkpoints import describe_model, load_model
 from lsdflow.core.config import load_config
 from lsdflow.core.metrics import segmentation_scores
 from lsdflow.core.predict import predict_array
@@ -67,6 +67,7 @@ def print_table(title: str, results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality_baselines.json")
+    parser.add_argument("--model", type=Path, help="a model file other than the shipped one (prediction.checkpoint)")
     args = parser.parse_args()
     config = load_config("gala")
     validation, test = config.data.validation[0], config.data.test[0]
@@ -80,7 +81,8 @@ def main() -> None:
     seconds = {}
 
     began = time.perf_counter()
-    model, meta = load_model(config.prediction.checkpoint)
+    model, meta = load_model(args.model or config.prediction.checkpoint)
+    print(f"model: {args.model or config.prediction.checkpoint} ({describe_model(meta)})")
     mean, std = intensity_stats(raw_array)
     input_shape, output_shape = config.prediction_shapes
     _, affs = predict_array(model, raw / 255.0, input_shape, output_shape, mean, std,
@@ -117,7 +119,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "volume": str(test.path), "validation_region": str(validation), "test_region": str(test),
-        "model_iteration": meta.get("iteration"),
+        "model_iteration": meta.get("iteration"), "model": describe_model(meta),
         "test_time_augmentation": config.prediction.test_time_augmentation, "merge_function": config.segmentation.merge_function,
         "min_seed_distance": config.segmentation.min_seed_distance, "threshold_from_validation": chosen,
         "h_from_validation": chosen_h,
