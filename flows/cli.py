@@ -21,11 +21,7 @@ def _workspace(config) -> Path:
 
 def _init_from(reference: str | None, config) -> Path | None:
     """A model file for `train --init-from`: a path, or a registered version's file."""
-    if reference is None or not reference.startswith(("models:/", "@")):
-        return Path(reference) if reference else None
-    from .registry import resolve_model
-
-    return resolve_model(_model_uri(reference, config), _workspace(config)).file
+    return Path(resolve_prediction_model(reference, config)[0]) if reference else None
 
 
 def cmd_train(args) -> int:
@@ -129,10 +125,9 @@ def cmd_demo(args) -> int:
 
     config = load_config("gala", args.overrides, args.workspace)
     workspace = _workspace(config)
-    name = default_model_name(config)
     model_file, lineage = None, None
     if not args.train:
-        uri = f"models:/{name}@{CHAMPION}"
+        uri = _model_uri(f"@{CHAMPION}", config)
         registered, message = shipped_champion(config, workspace)
         if message:
             print(message)

@@ -442,7 +442,7 @@ def shipped_champion(config, workspace) -> tuple[RegisteredModel, str | None]:
     shipped = {"note": "shipped pretrained model",
                "sha256": hashlib.sha256(Path(config.prediction.checkpoint).read_bytes()).hexdigest()}
     try:
-        champion = resolve_model(f"models:/{default_model_name(config)}@{CHAMPION}", workspace)
+        champion = resolve_model(_model_uri(f"@{CHAMPION}", config), workspace)
     except RegistryError:
         champion = None
     if champion is not None and (champion.tags.get("note") != shipped["note"]
