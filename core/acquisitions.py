@@ -17,6 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import write_text
+from .config import ConfigError
+from .volumes import LABELS_MASK, MITO_IDS, NEURON_IDS, RAW
+
 SUFFIXES = (".zarr", ".n5", ".h5", ".hdf5", ".hdf", ".tif", ".tiff")
 
 
@@ -25,23 +29,40 @@ class Acquisition:
     path: Path
     fingerprint: str
     newest_change: float  # seconds since the epoch
+    files: int = 0  # input files found; none: not an acquisition yet (still arriving)
 
 
-def _files(path: Path) -> list[Path]:
+# the input datasets of a Zarr/N5 acquisition: what lsdflow writes into the container
+# (predictions, fragments, segmentations, luts, .lsdflow/) is not part of its identity
+INPUT_DATASETS = (RAW, NEURON_IDS, LABELS_MASK, MITO_IDS)
+
+
+def _files(path: Path, datasets: tuple[str, ...] = INPUT_DATASETS) -> list[Path]:
     if path.is_file():
         return [path]
+    if path.suffix.lower() in (".zarr", ".n5"):
+        files = [p for p in path.iterdir() if p.is_file()]  # root metadata
+        for dataset in datasets:
+            if (path / dataset).is_dir():
+                files += [p for p in (path / dataset).rglob("*") if p.is_file()]
+        return sorted(files)
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 
-def describe(path: str | os.PathLike) -> Acquisition:
+def describe(path: str | os.PathLike, datasets: tuple[str, ...] = INPUT_DATASETS) -> Acquisition:
+    """An acquisition's identity: names, sizes and mtimes of its input files only, so
+    that lsdflow's own outputs written into a Zarr acquisition never announce it again."""
     path = Path(path)
     digest = hashlib.sha256()
     newest = 0.0
-    for f in _files(path):
+    files = _files(path, datasets)
+    for f in files:
         stat = f.stat()
         newest = max(newest, stat.st_mtime)
         digest.update(f"{f.relative_to(path.parent)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return Acquisition(path.resolve(), digest.hexdigest()[:16], newest)
+    # a container's root metadata alone is not data yet
+    data_files = sum(1 for f in files if path.is_file() or f.parent != path)
+    return Acquisition(path.resolve(), digest.hexdigest()[:16], newest, data_files)
 
 
 def candidates(landing: str | os.PathLike) -> list[Path]:
@@ -55,6 +76,13 @@ def candidates(landing: str | os.PathLike) -> list[Path]:
     return found
 
 
+def default_record(landing: str | os.PathLike, workspace: str | os.PathLike) -> Path:
+    """Where the watcher remembers what it announced: in the workspace, never in the
+    landing directory (which belongs to the microscope's data transfer)."""
+    key = hashlib.sha256(str(Path(landing).resolve()).encode()).hexdigest()[:12]
+    return Path(workspace) / "acquisitions" / f"announced-{key}.json"
+
+
 def new_acquisitions(landing: str | os.PathLike, record: str | os.PathLike, settle_seconds: float = 60.0,
                      now: float | None = None) -> list[Acquisition]:
     """Complete acquisitions whose content differs from the record (new or changed)."""
@@ -63,7 +91,7 @@ def new_acquisitions(landing: str | os.PathLike, record: str | os.PathLike, sett
     ready = []
     for path in candidates(landing):
         acquisition = describe(path)
-        if now - acquisition.newest_change < settle_seconds:
+        if not acquisition.files or now - acquisition.newest_change < settle_seconds:
             continue  # still being written
         if seen.get(str(acquisition.path)) != acquisition.fingerprint:
             ready.append(acquisition)
@@ -76,9 +104,7 @@ def mark_announced(record: str | os.PathLike, acquisition: Acquisition) -> None:
     seen[str(acquisition.path)] = acquisition.fingerprint
     record = Path(record)
     record.parent.mkdir(parents=True, exist_ok=True)
-    partial = record.with_name(f".{record.name}.partial-{os.getpid()}")
-    partial.write_text(json.dumps(seen, indent=2, sort_keys=True))
-    os.replace(partial, record)
+    write_text(record, json.dumps(seen, indent=2, sort_keys=True))
 
 
 def _read(record) -> dict[str, str]:
@@ -86,11 +112,40 @@ def _read(record) -> dict[str, str]:
     return json.loads(record.read_text()) if record.is_file() else {}
 
 
+def data_roots(values: list[str] | None = None, environ: dict | None = None) -> list[Path]:
+    """The data roots: `values` (each entry may hold several, `:`-separated, as a
+    deployment template renders `$LSDFLOW_DATA_ROOTS`), else `LSDFLOW_DATA_ROOTS`.
+
+    Fails closed: no roots, an empty entry (an unset variable rendered as ""), a relative
+    or missing directory are refused, so that no path is accepted by accident (an empty
+    root would resolve to the worker's working directory)."""
+    environ = os.environ if environ is None else environ
+    entries = list(values) if values else [environ.get("LSDFLOW_DATA_ROOTS", "")]
+    roots = []
+    for entry in entries:
+        for part in str(entry).split(os.pathsep):
+            if not part.strip():
+                raise ConfigError(
+                    f"data roots {entries!r}: an empty entry; set LSDFLOW_DATA_ROOTS (or the data_roots "
+                    f"parameter) to the absolute directories acquisitions may come from, ':'-separated"
+                )
+            root = Path(part)
+            if not root.is_absolute():
+                raise ConfigError(f"data root {part!r}: expected an absolute directory")
+            if not root.is_dir():
+                raise ConfigError(f"data root {part!r}: no such directory")
+            roots.append(root.resolve())
+    return roots
+
+
 def check_inside_roots(path: str | os.PathLike, roots: list[str | os.PathLike]) -> Path:
-    """`path` resolved, or ValueError when it lies outside every data root (event payloads
-    come from outside: a path must not point anywhere else on the machine)."""
+    """`path` resolved (symlinks and `..` too), or ConfigError when it lies outside every
+    data root (event payloads come from outside: a path must not point anywhere else on
+    the machine). No roots: refused, never 'anything goes'."""
+    if not roots:
+        raise ConfigError(f"{path}: no data roots configured (LSDFLOW_DATA_ROOTS); refusing to read it")
     resolved = Path(path).resolve()
     for root in roots:
         if resolved.is_relative_to(Path(root).resolve()):
             return resolved
-    raise ValueError(f"{path}: outside the configured data roots {[str(r) for r in roots]}")
+    raise ConfigError(f"{path}: outside the configured data roots {[str(r) for r in roots]}")

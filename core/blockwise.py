@@ -111,11 +111,26 @@ class BlockProcessor:
     def process(self, block) -> None:
         raise NotImplementedError
 
+    bad_input_file: str | None = None  # set by run_stage: where a bad-input error is recorded
+
     def __call__(self, block) -> None:
-        if not getattr(self, "_open", False):
-            self.setup()
-            self._open = True
-        self.process(block)
+        from .config import ConfigError
+        from .input_checks import ModelFileError
+        from .volumes import VolumeError
+
+        marker = Path(self.bad_input_file) if self.bad_input_file else None
+        if marker is not None and marker.is_file():
+            # bad input fails the same way on every block: do not compute it again
+            raise VolumeError(marker.read_text())
+        try:
+            if not getattr(self, "_open", False):
+                self.setup()
+                self._open = True
+            self.process(block)
+        except (VolumeError, ConfigError, ModelFileError) as e:
+            if marker is not None:
+                marker.write_text(str(e))
+            raise
 
 
 class _LaunchedWorker:
@@ -164,6 +179,17 @@ def reset_tracking(stage: Stage) -> None:
     shutil.rmtree(stage.tracking_dir, ignore_errors=True)
 
 
+def _raise_bad_input(stage: Stage, record: Path) -> None:
+    """Bad input met in a block is reported as bad input (VolumeError), not as a failed
+    stage, so that neither the CLI nor Prefect retries it."""
+    if record.is_file():
+        from .volumes import VolumeError
+
+        message = record.read_text()
+        record.unlink(missing_ok=True)
+        raise VolumeError(f"stage {stage.name!r}: {message}")
+
+
 def run_stage(stage: Stage, settings: RunSettings = RunSettings()) -> dict:
     """Run every block of `stage` not done yet; raise BlockwiseError if any block fails.
 
@@ -186,6 +212,10 @@ def run_stage(stage: Stage, settings: RunSettings = RunSettings()) -> dict:
 
     workers = max(1, min(settings.workers, stage.max_workers or settings.workers))
     process = stage.process_block
+    bad_input = stage.tracking_dir / "bad_input.txt"
+    bad_input.unlink(missing_ok=True)
+    if isinstance(process, BlockProcessor):
+        process.bad_input_file = str(bad_input)
     if settings.launcher:
         payload = stage.tracking_dir / "stage.pkl"
         with open(payload, "wb") as f:
@@ -219,6 +249,7 @@ def run_stage(stage: Stage, settings: RunSettings = RunSettings()) -> dict:
             shutil.rmtree(tracking, ignore_errors=True)
             states = daisy.run_blockwise([task], progress=settings.progress, return_states=True, summary=False)
     except RuntimeError as e:  # daisy abandons a task whose workers keep dying
+        _raise_bad_input(stage, bad_input)
         raise BlockwiseError(f"stage {stage.name!r} abandoned: {e}") from e
     state = states[task_id]
     skipped_empty = int(stage.skip_mask.sum()) if stage.skip_mask is not None else 0
@@ -235,6 +266,7 @@ def run_stage(stage: Stage, settings: RunSettings = RunSettings()) -> dict:
         "logs": str(log_dir),
     }
     stage.summary = summary
+    _raise_bad_input(stage, bad_input)
     if state.failed_count or state.orphaned_count or state.completed_count < state.total_block_count:
         error = state.first_worker_error or state.last_worker_error or "(no error reported; see the logs)"
         raise BlockwiseError(

@@ -16,8 +16,10 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from .blockwise import BlockProcessor, RunSettings, Stage, grid_blocks, run_stage
-from .staged_arrays import OutputArray, StagedArrays, stage_key
-from .volumes import VolumeError, dataset_fingerprint, intensity_stats, open_array, voxel_slices
+from .output_lock import output_lock
+from .input_checks import check_finite, check_writable
+from .staged_arrays import OutputArray, StagedArrays, committed_fingerprint, stage_key
+from .volumes import VolumeError, container_identity, dataset_fingerprint, intensity_stats, open_array, voxel_slices
 
 CODE_VERSION = "blockwise-predict-1"
 
@@ -79,6 +81,7 @@ class PredictBlock(BlockProcessor):
                 Path(self.empty_dir).mkdir(parents=True, exist_ok=True)
                 (Path(self.empty_dir) / f"{block.block_id[1]}").touch()
             return  # outputs keep their fill value 0
+        check_finite(raw, f"{self.container}/{self.raw_dataset} in {inside}")
         scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
         normalized = np.zeros(tuple(full.shape / vs), dtype=np.float32)  # 0 = the mean
         where = voxel_slices(inside, full, vs)
@@ -156,6 +159,7 @@ def predict_blockwise(
     raw = open_array(container, config.data.raw_dataset)
     check_voxel_size(config, tuple(raw.voxel_size), f"{container}/{config.data.raw_dataset}")
     model, meta = load_model(model_file)  # a missing or broken model fails before any output
+    check_writable(container)
     mask = open_array(container, bw.mask_dataset) if bw.mask_dataset else None
     dtype = output_dtype or config.prediction.output_dtype
     # the model file defines the network; the config the data and the prediction tile
@@ -176,32 +180,34 @@ def predict_blockwise(
                     attrs=dict(attrs))
         for name, channels in probe.items()
     ]
-    staged = StagedArrays(container, outputs, key)
-    if staged.complete():
-        return {"stage": {"stage": "predict", "up_to_date": True, "key": key},
-                "written": [container / o.dataset for o in outputs]}
-    partials = staged.prepare()
-    empty_dir = staged.tracking_dir / "empty"
-    stage = Stage(
-        "predict", raw.roi, block_size, context,
-        PredictBlock(container, config.data.raw_dataset, model_file.resolve(),
-                     {name: partials[f"volumes/pred_{name}"] for name in probe}, input_shape, output_shape,
-                     block_size, mean, std, dtype, config.prediction.batch_size, device, empty_dir, augment),
-        staged.tracking_dir,
-        skip_mask=empty_block_mask(raw, raw.roi, block_size, mask),
-        log_dir=container / ".lsdflow" / "logs" / "predict",
-    )
-    summary = run_stage(stage, settings)
-    empty = len(list(empty_dir.glob("*"))) if empty_dir.exists() else 0
-    summary["processed"] = max(0, summary["processed"] - empty)
-    summary["skipped"] += empty
-    written = staged.commit()
-    return {"stage": {**summary, "key": key}, "written": written}
+    with output_lock(container, "predict"):  # one writer of the predictions at a time
+        staged = StagedArrays(container, outputs, key)
+        if staged.complete():
+            return {"stage": {"stage": "predict", "up_to_date": True, "key": key},
+                    "written": [container / o.dataset for o in outputs]}
+        partials = staged.prepare()
+        empty_dir = staged.tracking_dir / "empty"
+        stage = Stage(
+            "predict", raw.roi, block_size, context,
+            PredictBlock(container, config.data.raw_dataset, model_file.resolve(),
+                         {name: partials[f"volumes/pred_{name}"] for name in probe}, input_shape, output_shape,
+                         block_size, mean, std, dtype, config.prediction.batch_size, device, empty_dir, augment),
+            staged.tracking_dir,
+            skip_mask=empty_block_mask(raw, raw.roi, block_size, mask),
+            log_dir=container / ".lsdflow" / "logs" / "predict",
+        )
+        summary = run_stage(stage, settings)
+        empty = len(list(empty_dir.glob("*"))) if empty_dir.exists() else 0
+        summary["processed"] = max(0, summary["processed"] - empty)
+        summary["skipped"] += empty
+        written = staged.commit()
+        return {"stage": {**summary, "key": key}, "written": written}
 
 
 def _prediction_key(config, container, model_file, input_shape, output_shape, dtype, block_size, lineage) -> str:
     return stage_key(
-        stage="predict", code=CODE_VERSION, raw=dataset_fingerprint(container, config.data.raw_dataset),
+        stage="predict", code=CODE_VERSION, container=container_identity(container),
+        raw=dataset_fingerprint(container, config.data.raw_dataset),
         model=_file_sha256(Path(model_file)), input_shape=tuple(input_shape), output_shape=tuple(output_shape),
         dtype=dtype, block=tuple(block_size), mask=config.blockwise.mask_dataset, lineage=lineage or {},
         augment=config.prediction.test_time_augmentation,
@@ -210,6 +216,12 @@ def _prediction_key(config, container, model_file, input_shape, output_shape, dt
 
 def prediction_key(config, container, model_file, output_dtype: str | None = None, extra_attrs: dict | None = None) -> str:
     """The key of `predict_blockwise`'s result for these inputs (what its cache depends on)."""
+    return prediction_state(config, container, model_file, output_dtype, extra_attrs)[0]
+
+
+def prediction_state(config, container, model_file, output_dtype: str | None = None,
+                     extra_attrs: dict | None = None) -> tuple[str, str | None]:
+    """(key, fingerprint of the committed outputs made with that key, or None)."""
     from .checkpoints import load_model
 
     container = Path(container).resolve()
@@ -217,8 +229,10 @@ def prediction_key(config, container, model_file, output_dtype: str | None = Non
     input_shape, output_shape = config.with_model(model.config).prediction_shapes
     vs = open_array(container, config.data.raw_dataset).voxel_size
     block_size = Coordinate(o * t for o, t in zip(output_shape, config.blockwise.prediction_tiles)) * vs
-    return _prediction_key(config, container, model_file, input_shape, output_shape,
-                           output_dtype or config.prediction.output_dtype, block_size, extra_attrs)
+    key = _prediction_key(config, container, model_file, input_shape, output_shape,
+                          output_dtype or config.prediction.output_dtype, block_size, extra_attrs)
+    done = committed_fingerprint(container, {f"volumes/pred_{name}": key for name in model.outputs})
+    return key, done
 
 
 def _output_channels(model, input_shape) -> list[int]:

@@ -18,6 +18,7 @@ new one is complete.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,11 +28,13 @@ from funlib.geometry import Coordinate
 
 from .blockwise import BlockProcessor, RunSettings, Stage, block_index, run_stage
 from .find_segments import LutMapper, read_lut, segment_luts, write_luts
-from .graphstore import Edges, Nodes, default_graph_url, open_graph_store, redact, sample_name
+from .graphstore import Edges, Nodes, credentials_to_environment, default_graph_url, open_graph_store, redact, sample_name
 from .merge_history import edge_merge_scores, region_adjacency
 from .segment import as_float_affinities, fill_boundaries, fragments_from_affinities, quiet_stdout, scoring_function
-from .staged_arrays import OutputArray, StagedArrays, stage_key
-from .volumes import VolumeError, dataset_fingerprint, open_array, voxel_slices
+from .output_lock import output_lock
+from .input_checks import check_thresholds, check_writable
+from .staged_arrays import OutputArray, StagedArrays, committed_fingerprint, stage_key
+from .volumes import VolumeError, container_identity, dataset_fingerprint, open_array, voxel_slices
 
 CODE_VERSION = "blockwise-segment-3"  # bump when a stage's results change
 
@@ -184,6 +187,17 @@ def _check_affinities_dataset(container: Path, dataset: str):
     return affs
 
 
+def _exclusive(stage_method):
+    """Run a stage under the container's segmentation lock (`output_lock.py`)."""
+
+    @functools.wraps(stage_method)
+    def run(self, *args, **kwargs):
+        with output_lock(self.container, "segmentation"):
+            return stage_method(self, *args, **kwargs)
+
+    return run
+
+
 class BlockwiseSegmentation:
     """The four segmentation stages of one volume, each runnable on its own (the Prefect
     tasks run them one by one) or all in order (`segment_blockwise`).
@@ -204,6 +218,7 @@ class BlockwiseSegmentation:
         self.min_seed_distance = seg.min_seed_distance
         self.filter_fragments = seg.filter_fragments
         affs = _check_affinities_dataset(self.container, affs_dataset)
+        check_writable(self.container)
         self.roi, self.voxel_size = affs.roi, affs.voxel_size
         block_nm, context_nm = config.segmentation_blocks_nm
         self.block_size, self.context = Coordinate(block_nm), Coordinate(context_nm)
@@ -214,7 +229,8 @@ class BlockwiseSegmentation:
                 f"{tuple(self.block_size)} / context {tuple(self.context)} nm of the config"
             )
         self.chunk_shape = tuple(self.block_size / vs)
-        self.graph_url = graph_url or bw.graph or default_graph_url(self.container)
+        # credentials travel by environment, never inside what is persisted or pickled
+        self.graph_url = credentials_to_environment(graph_url or bw.graph or default_graph_url(self.container))
         self.sample = sample_name(self.container)
         self.geometry = {"block": tuple(self.block_size), "context": tuple(self.context), "roi": str(self.roi)}
 
@@ -222,7 +238,8 @@ class BlockwiseSegmentation:
     @property
     def fragments_key(self) -> str:
         return stage_key(
-            stage="fragments", code=CODE_VERSION, affs=dataset_fingerprint(self.container, self.affs_dataset),
+            stage="fragments", code=CODE_VERSION, container=container_identity(self.container),
+            affs=dataset_fingerprint(self.container, self.affs_dataset),
             fragments_in_xy=self.fragments_in_xy, min_seed_distance=self.min_seed_distance,
             filter_fragments=self.filter_fragments, **self.geometry,
         )
@@ -235,6 +252,7 @@ class BlockwiseSegmentation:
         return Stage(name, self.roi, self.block_size, self.context, process_block, tracking_dir,
                      log_dir=self.container / ".lsdflow" / "logs" / name)
 
+    @_exclusive
     def fragments(self) -> dict:
         key = self.fragments_key
         staged = StagedArrays(
@@ -261,6 +279,7 @@ class BlockwiseSegmentation:
         staged.commit()
         return {**summary, "key": key}
 
+    @_exclusive
     def agglomerate(self) -> dict:
         key = self.edges_key()
         mf = self.merge_function
@@ -284,6 +303,7 @@ class BlockwiseSegmentation:
         shutil.rmtree(tracking, ignore_errors=True)
         return {**summary, "key": key}
 
+    @_exclusive
     def find_segments(self, thresholds: Sequence[float]) -> dict:
         import time
 
@@ -297,7 +317,7 @@ class BlockwiseSegmentation:
                 )
             nodes = store.read_nodes()
             edges = store.read_edges(self.merge_function)
-        thresholds = sorted(float(t) for t in thresholds)
+        thresholds = check_thresholds(thresholds)
         luts = segment_luts(nodes.ids, edges.u, edges.v, edges.merge_score, thresholds)
         paths = write_luts(self.container / "luts" / self.merge_function, nodes.ids, luts, key=key)
         return {
@@ -306,13 +326,12 @@ class BlockwiseSegmentation:
             "seconds": round(time.perf_counter() - start, 3), "luts": paths, "key": key,
         }
 
-    def relabel(self, thresholds: Sequence[float]) -> dict:
+    def _relabel_outputs(self, thresholds: Sequence[float]) -> list[OutputArray]:
         from .find_segments import lut_path
 
         edges_key = self.edges_key()
         luts_dir = self.container / "luts" / self.merge_function
-        thresholds = sorted(float(t) for t in thresholds)
-        outputs = [
+        return [
             OutputArray(
                 f"volumes/segmentation/{self.merge_function}/{t:g}", self.roi, self.voxel_size, "uint64",
                 self.chunk_shape,
@@ -320,8 +339,49 @@ class BlockwiseSegmentation:
                        "fragments": f"{self.container}/volumes/fragments", "graph": redact(self.graph_url)},
                 key=stage_key(stage="relabel", code=CODE_VERSION, edges=edges_key, threshold=t, **self.geometry),
             )
-            for t in thresholds
+            for t in sorted(float(t) for t in thresholds)
         ]
+
+    # what each stage has committed for the current inputs: a fingerprint, or None when
+    # the stage must run (cache layers put it into their keys)
+    def fragments_done(self) -> str | None:
+        key = self.fragments_key
+        with open_graph_store(self.graph_url, self.sample) as store:
+            if store.get_meta("fragments_key") != key:
+                return None
+        return committed_fingerprint(self.container, {"volumes/fragments": key})
+
+    def edges_done(self) -> str | None:
+        key = self.edges_key()
+        with open_graph_store(self.graph_url, self.sample) as store:
+            return key if store.get_meta(f"edges_complete/{self.merge_function}") == key else None
+
+    def luts_done(self, thresholds: Sequence[float]) -> str | None:
+        from .find_segments import lut_path
+
+        key = self.edges_key()
+        parts = []
+        for t in sorted(float(t) for t in thresholds):
+            path = lut_path(self.container / "luts" / self.merge_function, t)
+            try:
+                if str(np.load(path)["key"]) != key:
+                    return None
+            except (OSError, KeyError, ValueError):
+                return None
+            stat = path.stat()
+            parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+        return stage_key(luts=parts)
+
+    def relabel_done(self, thresholds: Sequence[float]) -> str | None:
+        return committed_fingerprint(self.container, {o.dataset: o.key for o in self._relabel_outputs(thresholds)})
+
+    @_exclusive
+    def relabel(self, thresholds: Sequence[float]) -> dict:
+        from .find_segments import lut_path
+
+        edges_key = self.edges_key()
+        luts_dir = self.container / "luts" / self.merge_function
+        outputs = self._relabel_outputs(check_thresholds(thresholds))
         missing = [o for o in outputs if not StagedArrays(self.container, [o], o.key).complete()]
         if not missing:
             return {"stage": "relabel", "up_to_date": True}
@@ -358,7 +418,7 @@ def segment_blockwise(
     `luts/<merge_function>/<threshold>.npz` and `volumes/segmentation/<merge_function>/<threshold>`
     in `container`. Returns per-stage summaries and the written datasets."""
     job = BlockwiseSegmentation(config, container, affs_dataset, graph_url, settings)
-    thresholds = sorted(float(t) for t in (thresholds or config.segmentation.thresholds))
+    thresholds = check_thresholds(thresholds or config.segmentation.thresholds)
     stages = {"fragments": job.fragments(), "agglomerate": job.agglomerate()}
     found = job.find_segments(thresholds)
     stages["find_segments"] = {k: v for k, v in found.items() if k != "luts"}

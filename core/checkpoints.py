@@ -16,10 +16,13 @@ from typing import Any
 
 import torch
 
+from .atomic import replacing
 from .config import LsdflowConfig, ModelConfig
+from .input_checks import ModelFileError
 from .models import build_model
 
 CHECKPOINT_BASENAME = "model"
+
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_BASENAME}_checkpoint_(\d+)$")
 
 
@@ -49,12 +52,11 @@ def save_training_checkpoint(
 ) -> Path:
     """Same format as gunpowder.torch.Train, so that Train resumes from it."""
     path = checkpoint_path(directory, iteration)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(
-        {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
-        tmp,
-    )
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(
+            {"model_state_dict": model.state_dict(), "optimizer_state_dict": optimizer.state_dict()},
+            tmp,
+        )
     return path
 
 
@@ -80,9 +82,8 @@ def write_model_file(
         "config_fingerprint": config.fingerprint(),
         **extra,
     }
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, out)
+    with replacing(out) as tmp:
+        torch.save(payload, tmp)
     return out
 
 
@@ -104,14 +105,27 @@ def load_model(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file or checkpoint")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or pickled code (refused, never loaded)
+        reason = (str(e).splitlines() or ["empty or unreadable"])[0]
+        if "weights_only" in str(e):
+            reason = "it holds pickled code, which lsdflow never loads"
+        raise ModelFileError(
+            f"{path}: not a readable lsdflow model file or training checkpoint ({type(e).__name__}: {reason})"
+        ) from None
+    if not isinstance(payload, dict) or "model_state_dict" not in payload:
+        raise ModelFileError(f"{path}: not an lsdflow model file or training checkpoint (no model_state_dict)")
     if "config" in payload:
-        model_config = ModelConfig.model_validate(payload["config"]["model"])
+        try:
+            model_config = ModelConfig.model_validate(payload["config"]["model"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{path}: its network description is not valid: {str(e).splitlines()[0]}") from None
         meta = {k: v for k, v in payload.items() if k != "model_state_dict"}
     else:
         config_file = path.parent / "config.json"
         if not config_file.is_file():
-            raise ValueError(
+            raise ModelFileError(
                 f"{path}: a training checkpoint without {config_file.name} beside it; "
                 f"cannot tell which network it belongs to"
             )
@@ -123,5 +137,8 @@ def load_model(
             "iteration": int(match.group(1)) if match else None,
         }
     model = build_model(model_config)
-    model.load_state_dict(payload["model_state_dict"])
+    try:
+        model.load_state_dict(payload["model_state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ModelFileError(f"{path}: its weights do not fit its network ({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), meta

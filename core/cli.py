@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import ConfigError, load_config, shipped_configs
 from .blockwise import BlockwiseError
+from .input_checks import ModelFileError
 from .graphstore import GraphStoreError
 from .volumes import VolumeError
 
@@ -25,6 +26,16 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         help="override a config value (TOML syntax), e.g. --set training.iterations=100",
     )
     parser.add_argument("--workspace", help="where checkpoints and outputs go (default ./workspace/<name>)")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
 
 
 def _config(args):
@@ -117,7 +128,7 @@ def _run_settings(args, config):
 
     bw = config.blockwise
     return RunSettings(
-        workers=args.workers or bw.workers, retries=bw.retries, block_timeout_s=bw.block_timeout_s,
+        workers=args.workers if args.workers is not None else bw.workers, retries=bw.retries, block_timeout_s=bw.block_timeout_s,
         launcher=bw.launcher, progress=not getattr(args, "quiet", False),
     )
 
@@ -309,7 +320,7 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
     predict.add_argument("--device", help="torch device (default cuda when available, else cpu)")
     predict.add_argument("--quiet", action="store_true", help="no progress bar")
     predict.add_argument("--blockwise", action="store_true", help="block by block with daisy (any volume size)")
-    predict.add_argument("--workers", type=int, help="daisy workers (default blockwise.workers)")
+    predict.add_argument("--workers", type=_positive_int, help="daisy workers (default blockwise.workers)")
     predict.set_defaults(func=cmd_predict)
 
     segment = sub.add_parser("segment", help="fragments + waterz agglomeration (in memory, or --blockwise)")
@@ -319,7 +330,7 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
     segment.add_argument("--thresholds", type=float, nargs="+", help="default from the config")
     segment.add_argument("--blockwise", action="store_true", help="block by block with daisy (any volume size)")
     segment.add_argument("--graph", help="region graph URL: sqlite:///path.db (default beside the Zarr) or mongodb://host:port/db")
-    segment.add_argument("--workers", type=int, help="daisy workers (default blockwise.workers)")
+    segment.add_argument("--workers", type=_positive_int, help="daisy workers (default blockwise.workers)")
     segment.add_argument("--quiet", action="store_true", help="no progress bars")
     segment.set_defaults(func=cmd_segment)
 
@@ -365,7 +376,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     )
     try:
         return args.func(args)
-    except (ConfigError, VolumeError, FileNotFoundError, GraphStoreError, BlockwiseError) as e:
+    except (ConfigError, VolumeError, ModelFileError, FileNotFoundError, GraphStoreError, BlockwiseError) as e:
         print(f"lsdflow: error: {e}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -61,7 +61,10 @@ class VolumeRef(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _from_path(cls, value: Any) -> Any:
-        return {"path": value} if isinstance(value, (str, os.PathLike)) else value
+        value = {"path": value} if isinstance(value, (str, os.PathLike)) else value
+        if isinstance(value, dict) and not str(value.get("path", "")).strip():
+            raise ValueError("empty path (expected a Zarr container)")
+        return value
 
     @model_validator(mode="after")
     def _check_roi(self) -> VolumeRef:
@@ -276,7 +279,8 @@ class PredictionConfig(_Strict):
 
 
 class SegmentationConfig(_Strict):
-    thresholds: list[float] = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]
+    thresholds: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5], min_length=1)
     merge_function: str = "hist_quant_50"
     fragments_in_xy: bool | None = None
     min_seed_distance: int = 10
@@ -311,9 +315,21 @@ class BlockwiseConfig(_Strict):
         None, description="prediction skips blocks where this mask dataset is all zero"
     )
 
+    @field_validator("graph")
+    @classmethod
+    def _no_password(cls, url: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if url and urlsplit(url).password is not None:
+            raise ValueError(
+                "a password in the graph URL would be kept in configs, run parameters and logs; give it as "
+                "LSDFLOW_MONGODB_USER / LSDFLOW_MONGODB_PASSWORD in the environment (or a Prefect Secret block)"
+            )
+        return url
+
 
 class LsdflowConfig(_Strict):
-    name: str
+    name: str = Field(min_length=1)
     description: str = ""
     source: Path | None = Field(None, description="the file this config was read from")
     workspace: Path | None = Field(None, description="where checkpoints and outputs go")
@@ -469,13 +485,18 @@ def find_config(name_or_path: str | os.PathLike) -> Path:
     raise ConfigError(f"no config named {name_or_path!r}; shipped configs: {shipped}")
 
 
+def _resolve_path(base: Path, path: Any) -> Any:
+    """A config-relative path made absolute; an empty one stays empty (and is refused)."""
+    return str((base / path).resolve()) if str(path).strip() else path
+
+
 def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
     data = tree.get("data", {})
     for key in ("train", "validation", "test"):
         if key in data:
             data[key] = [
-                {**v, "path": str((base / v["path"]).resolve())} if isinstance(v, dict) and "path" in v
-                else str((base / v).resolve()) if isinstance(v, (str, os.PathLike)) else v
+                {**v, "path": _resolve_path(base, v["path"])} if isinstance(v, dict) and "path" in v
+                else _resolve_path(base, v) if isinstance(v, (str, os.PathLike)) else v
                 for v in data[key]
             ]
     pred = tree.get("prediction", {})

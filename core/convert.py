@@ -21,6 +21,7 @@ import tifffile
 import zarr
 from funlib.geometry import Coordinate, Roi
 
+from .atomic import partial_path, remove_abandoned, swap_into_place
 from .volumes import LABELS_MASK, MITO_IDS, NEURON_IDS, RAW, VolumeError, create_array
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -146,6 +147,20 @@ def _tiff_source(path: Path, role: str) -> SourceArray:
 
         return SourceArray(role, str(path), (len(files), *plane_shape), dtype, read, full_planes=True)
     with tifffile.TiffFile(path) as tif:
+        # every page is a section: a page of another size or a second series would
+        # otherwise be dropped silently, shifting later sections in z
+        first = tuple(tif.pages[0].shape)
+        for index, page in enumerate(tif.pages):
+            if tuple(page.shape) != first:
+                raise VolumeError(
+                    f"{path}: page {index} has shape {tuple(page.shape)}, expected {first} like page 0; "
+                    f"every page must be one section of the same size"
+                )
+        if len(tif.series) > 1:
+            raise VolumeError(
+                f"{path}: {len(tif.series)} image series (shapes {[tuple(s.shape) for s in tif.series]}); "
+                f"expected one 3D stack (split the file, or pass a directory of sections)"
+            )
         series = tif.series[0]
         shape, dtype = tuple(series.shape), series.dtype
     if len(shape) != 3:
@@ -226,6 +241,8 @@ def plan_conversion(
     for a in arrays:
         if len(a.shape) != 3:
             raise VolumeError(f"{a.where}: expected 3 dimensions (z, y, x), found shape {a.shape}")
+        if 0 in a.shape:
+            raise VolumeError(f"{a.where}: empty dataset (shape {a.shape}); expected voxels along z, y and x")
         if a.role != "raw" and not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
             raise VolumeError(
                 f"{a.where}: {a.role} must be an integer label volume, found dtype {a.dtype}"
@@ -287,7 +304,15 @@ def _copy(a: SourceArray, target, block_shape, progress) -> None:
     starts = [range(0, s, b) for s, b in zip(shape, block_shape)]
     for start in itertools.product(*starts):
         slices = tuple(slice(s, min(s + b, n)) for s, b, n in zip(start, block_shape, shape))
-        data = np.asarray(a.read(slices))
+        try:
+            data = np.asarray(a.read(slices))
+        except VolumeError:
+            raise
+        except (OSError, RuntimeError, ValueError, KeyError) as e:  # e.g. a corrupt compressed chunk
+            where = ", ".join(f"{s.start}:{s.stop}" for s in slices)
+            raise VolumeError(f"{a.where}: cannot read voxels [{where}] (z, y, x): {str(e).splitlines()[0]}") from None
+        if a.role == "raw" and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+            raise VolumeError(f"{a.where}: NaN or infinite intensities near voxel {start}; expected finite values")
         if a.role != "raw" and np.issubdtype(data.dtype, np.signedinteger) and data.min() < 0:
             raise VolumeError(f"{a.where}: negative label ids found near voxel {start}")
         target[slices] = data.astype(_out_dtype(a), copy=False)
@@ -315,9 +340,9 @@ def convert(
     plan = plan_conversion(open_sources(source, Path(labels) if labels else None, datasets), voxel_size, offset)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(f".{output.name}.partial-{os.getpid()}")
-    if partial.exists():
-        shutil.rmtree(partial)
+    remove_abandoned(output)
+    partial = partial_path(output)
+    shutil.rmtree(partial, ignore_errors=True)
     total = sum(int(np.prod(a.shape)) for a in plan.arrays)
     bar = None
     if progress:
@@ -352,16 +377,5 @@ def convert(
     finally:
         if bar is not None:
             bar.close()
-    _move_into_place(partial, output)
+    swap_into_place(partial, output)
     return output
-
-
-def _move_into_place(partial: Path, output: Path) -> None:
-    """Replace `output` only after the new container is complete."""
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-        os.replace(partial, output)
-        shutil.rmtree(old)
-    else:
-        os.replace(partial, output)

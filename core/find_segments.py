@@ -19,6 +19,8 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .atomic import replacing
+
 
 def sorted_fragment_ids(fragment_ids: np.ndarray) -> np.ndarray:
     """Sorted unique non-zero ids (node ids read block by block are sorted already: the
@@ -90,10 +92,8 @@ def write_luts(
     paths = {}
     for threshold, segments in luts.items():
         path = lut_path(luts_dir, threshold)
-        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        with open(partial, "wb") as f:
+        with replacing(path) as partial, open(partial, "wb") as f:
             np.savez(f, fragments=ids, segments=segments, threshold=threshold, key=key)
-        os.replace(partial, path)
         paths[threshold] = path
     return paths
 

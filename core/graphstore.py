@@ -98,6 +98,29 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
+USER_ENV = "LSDFLOW_MONGODB_USER"
+PASSWORD_ENV = "LSDFLOW_MONGODB_PASSWORD"
+
+
+def credentials_to_environment(url: str) -> str:
+    """`url` without its credentials, which move into this process's environment
+    (`LSDFLOW_MONGODB_USER` / `LSDFLOW_MONGODB_PASSWORD`, inherited by daisy workers and
+    launched cluster jobs). Everything lsdflow persists (stage descriptions for workers,
+    Zarr attributes, Prefect parameters and results, logs) then holds the URL without
+    them; `MongoGraphStore` takes them from the environment when it connects."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    os.environ[USER_ENV] = unquote(parts.username or "")
+    os.environ[PASSWORD_ENV] = unquote(parts.password)
+    userinfo = parts.netloc.rsplit("@", 1)[0] + "@"
+    return url.replace(f"//{userinfo}", "//", 1)
+
+
+def has_password(url: str | None) -> bool:
+    return bool(url) and urlsplit(url).password is not None
+
+
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -277,7 +300,7 @@ class MongoGraphStore(GraphStore):
 
     READ_BATCH = 100_000
 
-    def __init__(self, url: str, sample: str = "sample", timeout_ms: int = 10_000):
+    def __init__(self, url: str, sample: str = "sample", timeout_ms: int = 4_000):
         import pymongo
 
         self.url = url
@@ -286,12 +309,9 @@ class MongoGraphStore(GraphStore):
         database = unquote(parts.path.lstrip("/")) or os.environ.get("LSDFLOW_MONGODB_DB", "lsdflow")
         _check_name("database", database)
         kwargs = {}
-        if parts.username is None and os.environ.get("LSDFLOW_MONGODB_USER"):
+        if parts.username is None and os.environ.get(USER_ENV):
             # credentials from the environment keep them out of URLs, configs and logs
-            kwargs = {
-                "username": os.environ["LSDFLOW_MONGODB_USER"],
-                "password": os.environ.get("LSDFLOW_MONGODB_PASSWORD", ""),
-            }
+            kwargs = {"username": os.environ[USER_ENV], "password": os.environ.get(PASSWORD_ENV, "")}
         self._client = pymongo.MongoClient(url, serverSelectionTimeoutMS=timeout_ms, **kwargs)
         try:
             self._client.admin.command("ping")
@@ -403,12 +423,18 @@ def default_graph_url(container: str | os.PathLike) -> str:
 
 
 def sample_name(container: str | os.PathLike) -> str:
-    """A collection-safe sample name from a container path."""
-    name = Path(container).name.removesuffix(".zarr").removesuffix(".n5")
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "sample"
+    """A collection-safe sample name, unique per container: its basename (readable) and a
+    hash of its resolved path, so that two containers with the same name sharing one
+    graph store (many nodes, one MongoDB) never write into each other's graph."""
+    import hashlib
+
+    resolved = Path(container).resolve()
+    name = resolved.name.removesuffix(".zarr").removesuffix(".n5")
+    name = re.sub(r"[^A-Za-z0-9_]", "_", name) or "sample"
+    return f"{name}_{hashlib.sha256(str(resolved).encode()).hexdigest()[:8]}"
 
 
-def open_graph_store(url: str, sample: str = "sample", retries: int = 3) -> GraphStore:
+def open_graph_store(url: str, sample: str = "sample", retries: int = 2) -> GraphStore:
     """A graph store by URL: `sqlite:///path` or `mongodb://host:port/db`."""
     scheme = url.split(":", 1)[0].lower()
     if scheme == "sqlite":

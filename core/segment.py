@@ -18,6 +18,9 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
+from .config import ConfigError
+from .input_checks import check_thresholds, check_writable
+
 HIST_QUANTILES = tuple(range(10, 100, 5))
 
 
@@ -32,7 +35,7 @@ def scoring_function(merge_function: str) -> str:
             # affinity (with the default `true`, ground-truth affinities over-merge badly)
             return f"OneMinus<HistogramQuantileAffinity<RegionGraphType, {quantile}, ScoreValue, 256, false>>"
     known = ["mean"] + [f"hist_quant_{q}" for q in HIST_QUANTILES]
-    raise ValueError(f"unknown merge function {merge_function!r}; known: {known}")
+    raise ConfigError(f"segmentation.merge_function: unknown merge function {merge_function!r}; known: {known}")
 
 
 def _check_affinities(affs: np.ndarray, channels: int = 3) -> None:
@@ -194,7 +197,10 @@ def segment_volume(
     from .volumes import VolumeError, open_array, write_array
 
     container = Path(container)
+    scoring_function(merge_function)  # an unknown name fails before any work
+    thresholds = check_thresholds(thresholds)
     affs_array = open_array(container, affs_dataset)
+    check_writable(container)
     if len(affs_array.shape) != 4 or affs_array.shape[0] < 3:
         raise VolumeError(
             f"{container}/{affs_dataset}: expected affinities (3 channels, z, y, x), "

@@ -23,7 +23,8 @@ from pathlib import Path
 import zarr
 from funlib.geometry import Coordinate, Roi
 
-from .volumes import create_array, dataset_exists
+from .atomic import partial_path, remove_abandoned, swap_into_place
+from .volumes import create_array, dataset_exists, dataset_fingerprint
 
 KEY_ATTR = "lsdflow_stage_key"
 
@@ -62,15 +63,22 @@ class StagedArrays:
     def tracking_dir(self) -> Path:
         return self.container / self.partial(self.outputs[0]) / ".blocks"
 
+    def _has_key(self, dataset: str, output: OutputArray) -> bool:
+        """`dataset` exists, whole (its key attribute is written with its metadata, in
+        one rename), and was made for this output's key."""
+        if not dataset_exists(self.container, dataset):
+            return False
+        try:
+            attrs = zarr.open(str(self.container / dataset), mode="r").attrs.asdict()
+        except (ValueError, KeyError, OSError):  # unreadable metadata: not ours, not complete
+            return False
+        return attrs.get(KEY_ATTR) == (output.key or self.key)
+
     def complete(self) -> bool:
-        """All outputs exist as final datasets made with this key."""
-        for output in self.outputs:
-            if not dataset_exists(self.container, output.dataset):
-                return False
-            attrs = zarr.open(str(self.container / output.dataset), mode="r").attrs
-            if attrs.get(KEY_ATTR) != (output.key or self.key):
-                return False
-        return True
+        """All outputs exist as final datasets made with this key. The final name is only
+        ever reached by renaming a finished partial (`commit`), so a killed run can never
+        satisfy this."""
+        return all(self._has_key(output.dataset, output) for output in self.outputs)
 
     def prepare(self) -> dict[str, str]:
         """Create (or keep, to resume) the partial datasets; remove partials of other keys.
@@ -83,25 +91,49 @@ class StagedArrays:
             for stale in final.parent.glob(f".{final.name}.partial-*"):
                 if stale.name != Path(name).name:
                     shutil.rmtree(stale, ignore_errors=True)
-            if not dataset_exists(self.container, name):
+            if not self._has_key(name, output):
+                # created under a temporary name and renamed in: a kill part-way through
+                # never leaves a partial dataset without its metadata and key
                 shutil.rmtree(self.container / name, ignore_errors=True)
+                remove_abandoned(self.container / name)
+                creating = partial_path(self.container / name)
                 create_array(
-                    self.container, name, output.roi, output.voxel_size, output.dtype,
-                    num_channels=output.num_channels, chunk_shape=output.chunk_shape,
+                    self.container, str(creating.relative_to(self.container)), output.roi, output.voxel_size,
+                    output.dtype, num_channels=output.num_channels, chunk_shape=output.chunk_shape,
                     attrs={**output.attrs, KEY_ATTR: output.key or self.key}, fill_value=output.fill_value,
                 )
+                os.replace(creating, self.container / name)
             partials[output.dataset] = name
         return partials
 
     def commit(self) -> list[Path]:
-        """Rename every partial dataset into place (replacing what was there)."""
+        """Rename every partial dataset into place (replacing what was there). A kill
+        between two outputs leaves the stage incomplete: the rerun recomputes it."""
         written = []
         for output in self.outputs:
             final = self.container / output.dataset
             partial = self.container / self.partial(output)
             shutil.rmtree(partial / ".blocks", ignore_errors=True)
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(partial, final)
-            written.append(final)
+            written.append(swap_into_place(partial, final))
         return written
+
+
+def committed_fingerprint(container: str | os.PathLike, outputs: dict[str, str | None]) -> str | None:
+    """A fingerprint of the committed datasets `outputs` (dataset -> the key it must have
+    been made with, or None for any), or None when any is missing, partial or from another
+    key. Cache layers add
+    it to their keys, so that a cached result whose outputs were since deleted, replaced
+    or rewritten is never handed back."""
+    container = Path(container)
+    parts = []
+    for dataset, key in sorted(outputs.items()):
+        if not dataset_exists(container, dataset):
+            return None
+        try:
+            attrs = zarr.open(str(container / dataset), mode="r").attrs.asdict()
+        except (ValueError, KeyError, OSError):
+            return None
+        if key is not None and attrs.get(KEY_ATTR) != key:
+            return None
+        parts.append(f"{dataset}:{dataset_fingerprint(container, dataset)}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

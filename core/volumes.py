@@ -16,6 +16,8 @@ import zarr
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds, prepare_ds
 
+from .atomic import replacing
+
 RAW = "volumes/raw"
 NEURON_IDS = "volumes/labels/neuron_ids"
 LABELS_MASK = "volumes/labels/labels_mask"
@@ -158,40 +160,59 @@ def write_array(
     failure never leaves a half-written dataset and a replaced one is never lost early."""
     container = Path(container)
     final = container / dataset
-    parent = final.parent.relative_to(container)
-    partial = f"{parent}/.{final.name}.partial-{os.getpid()}"
-    try:
+    with replacing(final) as partial:
         array = create_array(
-            container, partial, roi, voxel_size, data.dtype,
+            container, str(partial.relative_to(container)), roi, voxel_size, data.dtype,
             num_channels=data.shape[0] if data.ndim == 4 else None,
             chunk_shape=chunk_shape, attrs=attrs,
         )
         array[array.roi] = data
-    except BaseException:
-        shutil.rmtree(container / partial, ignore_errors=True)
-        raise
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(container / partial, final)
     return final
 
 
+def _stored_entries(directory: str) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime in ns) of every stored file below `directory`, at any
+    nesting (chunk keys with dimension_separator "/" are nested directories); hidden
+    entries (metadata, lsdflow's partials and block tracking) are left out."""
+    found = []
+    stack = [""]
+    while stack:
+        relative = stack.pop()
+        with os.scandir(os.path.join(directory, relative)) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                name = f"{relative}/{entry.name}" if relative else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(name)
+                else:
+                    stat = entry.stat()
+                    found.append((name, stat.st_size, stat.st_mtime_ns))
+    return sorted(found)
+
+
 def dataset_fingerprint(container: str | os.PathLike, dataset: str) -> str:
-    """A cheap identity of a dataset's content: its metadata and, per stored chunk, the
-    chunk's name, size and modification time. It changes when the data is rewritten,
-    without reading the voxels (chunk listings stay cheap where voxels would not)."""
+    """A cheap identity of a dataset's content: its metadata and, for every stored chunk
+    at any nesting, the chunk's key, size and modification time (ns).
+
+    Any rewrite of a chunk changes its mtime, so the fingerprint changes without reading
+    a voxel; a listing stays cheap where reading would not (a million chunks: one
+    directory walk). On an object store the same role falls to the listing's ETag or
+    LastModified per key; lsdflow's containers are local or on a shared POSIX filesystem."""
     import hashlib
 
     path = Path(container) / dataset
+    if not path.is_dir():
+        raise VolumeError(f"{container}: dataset {dataset!r} not found")
     digest = hashlib.sha256()
     for meta in (".zarray", ".zattrs", "attributes.json"):
         if (path / meta).is_file():
-            digest.update((path / meta).read_bytes())
-    with os.scandir(path) as entries:
-        chunks = sorted(
-            (e.name, e.stat().st_size, e.stat().st_mtime_ns)
-            for e in entries
-            if e.is_file() and not e.name.startswith(".")
-        )
-    digest.update(repr(chunks).encode())
+            digest.update(meta.encode() + (path / meta).read_bytes())
+    digest.update(repr(_stored_entries(str(path))).encode())
     return digest.hexdigest()[:16]
+
+
+def container_identity(container: str | os.PathLike) -> str:
+    """Which container this is: its resolved path. Two containers with equal names and
+    metadata (copies, or the same basename in two directories) never share a key."""
+    return str(Path(container).resolve())

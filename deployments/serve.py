@@ -14,10 +14,13 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+from pathlib import Path
+
 from prefect import serve
 from prefect.deployments.runner import EntrypointType
 from prefect.events import DeploymentEventTrigger
 
+from ..core.acquisitions import data_roots as acquisition_roots
 from ..flows.model_flows import evaluate, promote, train
 from ..flows.predict import predict
 from ..flows.process_acquisition import process_acquisition
@@ -33,8 +36,10 @@ def deployments(landing: str | None = None, config_name: str | None = None, watc
     landing = landing or os.environ.get("LSDFLOW_LANDING")
     config_name = config_name or os.environ.get("LSDFLOW_CONFIG", "gala")
     watch_minutes = watch_minutes or float(os.environ.get("LSDFLOW_WATCH_MINUTES", "5"))
-    roots = data_roots or [r for r in os.environ.get("LSDFLOW_DATA_ROOTS", "").split(os.pathsep) if r]
-    roots = roots or ([landing] if landing else [])
+    if data_roots or os.environ.get("LSDFLOW_DATA_ROOTS"):
+        roots = [str(r) for r in acquisition_roots(data_roots)]
+    else:
+        roots = [str(acquisition_roots([str(Path(landing).resolve())])[0])] if landing else []
     if reprocess_on_promotion is None:
         reprocess_on_promotion = os.environ.get("LSDFLOW_REPROCESS_ON_PROMOTION", "0") == "1"
     # flows are loaded by module path (lsdflow.flows.*): they use package-relative imports

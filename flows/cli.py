@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..core import cli as core_cli
+from ..core.graphstore import credentials_to_environment
 from .registry import CHAMPION, RegistryError, _model_uri, default_model_name, resolve_prediction_model, tracking_uri
 
 
@@ -142,12 +143,17 @@ def cmd_run(args) -> int:
     """Run a flow directly (an ephemeral Prefect API is started when none is configured)."""
     import json
 
+    # a password given on the command line moves into this process's environment: the
+    # flow run's parameters (stored by Prefect, shown in its UI) get the URL without it
+    graph = credentials_to_environment(args.graph) if args.graph else None
     if args.flow == "process-acquisition":
         from .process_acquisition import process_acquisition
 
+        # run by hand, the path the user typed is the data root unless they name others
+        roots = args.data_roots or [str(Path(args.path).resolve().parent)]
         result = process_acquisition(path=str(args.path), config_name=args.config, model=args.model,
-                                     thresholds=args.thresholds, graph_url=args.graph, overrides=args.overrides,
-                                     workspace=args.workspace)
+                                     thresholds=args.thresholds, graph_url=graph, overrides=args.overrides,
+                                     workspace=args.workspace, data_roots=roots)
     elif args.flow == "watch-acquisitions":
         from .watch_acquisitions import watch_acquisitions
 
@@ -156,7 +162,7 @@ def cmd_run(args) -> int:
         from .segment import segment
 
         result = [r.model_dump() for r in segment(config_name=args.config, volume=str(args.path),
-                                                  thresholds=args.thresholds, graph_url=args.graph,
+                                                  thresholds=args.thresholds, graph_url=graph,
                                                   overrides=args.overrides)]
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -217,6 +223,8 @@ def _extend(sub, parsers) -> None:
     run.add_argument("--graph", help="region graph URL (default SQLite beside the Zarr)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     run.add_argument("--workspace")
+    run.add_argument("--data-roots", nargs="+", help="process-acquisition: directories the acquisition must lie in "
+                     "(default: the directory holding it)")
     run.add_argument("--settle-seconds", type=float, default=60.0, help="watch-acquisitions: unchanged for this long")
     run.set_defaults(func=cmd_run)
 

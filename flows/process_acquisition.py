@@ -4,12 +4,12 @@ nothing."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from prefect import flow
 
 from ..core.acquisitions import check_inside_roots
+from ..core.acquisitions import data_roots as acquisition_roots
 from ..core.config import load_config
 from ..core.volumes import dataset_exists
 from ..tasks import segmentation
@@ -18,6 +18,7 @@ from ..tasks.assets import array_asset, graph_asset, materializing, ref_asset
 from ..tasks.conversion import convert_acquisition
 from ..tasks.evaluation import evaluate
 from ..tasks.prediction import predict
+from ..tasks.credentials import use_graph_credentials
 from ..tasks.references import ArrayRef
 
 
@@ -25,13 +26,15 @@ from ..tasks.references import ArrayRef
 def process_acquisition(path: str, config_name: str = "gala", model: str | None = None,
                         thresholds: list[float] | None = None, graph_url: str | None = None,
                         overrides: list[str] | None = None, output: str | None = None,
-                        workspace: str | None = None, data_roots: list[str] | None = None) -> dict:
+                        workspace: str | None = None, data_roots: list[str] | None = None,
+                        graph_secret: str | None = None, graph_user: str | None = None) -> dict:
     """convert (when not Zarr) → predict → fragments → agglomerate → find segments → relabel
-    → evaluate (when the volume has labels) → a summary in the UI."""
+    → evaluate (when the volume has labels) → a summary in the UI. `graph_secret`: a
+    Prefect Secret block with the graph store's password."""
+    use_graph_credentials(graph_url, graph_secret, graph_user)
     config = load_config(config_name, overrides or [], workspace)
-    roots = data_roots or [r for r in os.environ.get("LSDFLOW_DATA_ROOTS", "").split(os.pathsep) if r]
-    # a path from an event must not point anywhere else on the machine
-    source = check_inside_roots(path, roots) if roots else Path(path).resolve()
+    # a path from an event must not point anywhere else on the machine: roots required
+    source = check_inside_roots(path, acquisition_roots(data_roots))
     if source.suffix == ".zarr":
         container = source
         raw = ArrayRef.of(container, config.data.raw_dataset)

@@ -6,14 +6,18 @@ from prefect import flow
 
 from ..core.config import load_config
 from ..tasks import segmentation
+from ..tasks.credentials import use_graph_credentials
 from ..tasks.references import ArrayRef
 
 
 @flow(name="segment")
 def segment(config_name: str, volume: str, affs_dataset: str = "volumes/pred_affs",
             thresholds: list[float] | None = None, graph_url: str | None = None,
-            overrides: list[str] | None = None) -> list[ArrayRef]:
-    """Segment `volume`'s affinities block by block; returns the segmentation datasets."""
+            overrides: list[str] | None = None, graph_secret: str | None = None,
+            graph_user: str | None = None) -> list[ArrayRef]:
+    """Segment `volume`'s affinities block by block; returns the segmentation datasets.
+    `graph_secret`: a Prefect Secret block with the graph store's password."""
+    use_graph_credentials(graph_url, graph_secret, graph_user)
     config = load_config(config_name, overrides or [])
     thresholds = thresholds or list(config.segmentation.thresholds)
     affs = ArrayRef.of(volume, affs_dataset)

@@ -8,7 +8,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
-from ..core.acquisitions import mark_announced, new_acquisitions
+from ..core.acquisitions import default_record, mark_announced, new_acquisitions
+from ..core.config import load_config
 
 EVENT = "lsdflow.acquisition.created"
 
@@ -19,7 +20,7 @@ def watch_acquisitions(landing: str, record: str | None = None, settle_seconds: 
     """One scan: an event per acquisition that is complete (unchanged for `settle_seconds`)
     and new or changed since it was last announced. Returns the announced paths."""
     landing_dir = Path(landing).resolve()
-    record_file = Path(record) if record else landing_dir / ".lsdflow-announced.json"
+    record_file = Path(record) if record else default_record(landing_dir, load_config(config_name).resolved_workspace)
     announced = []
     for acquisition in new_acquisitions(landing_dir, record_file, settle_seconds):
         emit_event(

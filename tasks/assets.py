@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from prefect.tasks import MaterializingTask, Task
 
+from .cache_keys import StageMaterializingTask
 from .references import ArrayRef
 
 
@@ -29,8 +30,10 @@ def ref_asset(ref: ArrayRef) -> str:
 
 def materializing(task: Task, assets: list[str], deps: list[str]) -> MaterializingTask:
     """`task` with the same options, declared to materialize `assets` from `deps`."""
-    return MaterializingTask(
+    made = StageMaterializingTask(
         fn=task.fn, assets=assets, asset_deps=deps, name=task.name, cache_key_fn=task.cache_key_fn,
         retries=task.retries, retry_delay_seconds=task.retry_delay_seconds,
         retry_condition_fn=task.retry_condition_fn, persist_result=True, timeout_seconds=task.timeout_seconds,
     )
+    made.committed_fn = getattr(task, "committed_fn", None)
+    return made

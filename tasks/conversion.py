@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
-from prefect import task
-
 from ..core.acquisitions import describe
 from ..core.convert import convert
+from ..core.staged_arrays import committed_fingerprint, stage_key
+from ..core.volumes import RAW
+from .cache_keys import stage_task
 from .references import ArrayRef
 from .retry import retry_transient
 
@@ -17,9 +18,16 @@ def source_fingerprint(path) -> str:
     return describe(path).fingerprint
 
 
-@task(name="convert", persist_result=True, timeout_seconds=24 * 3600, retries=2, retry_delay_seconds=[10, 60],
-      retry_condition_fn=retry_transient,
-      cache_key_fn=lambda ctx, p: f"convert-{source_fingerprint(p['source'])}-{p['output']}-{p.get('voxel_size')}")
+def _key(ctx, p) -> str:
+    """The source's content and the output's identity."""
+    key = stage_key(source=source_fingerprint(p["source"]), output=os.path.abspath(p["output"]),
+                    voxel_size=p.get("voxel_size"))
+    return f"convert-{key}"
+
+
+@stage_task(name="convert", persist_result=True, timeout_seconds=24 * 3600, retries=2, retry_delay_seconds=[10, 60],
+            retry_condition_fn=retry_transient, cache_key_fn=_key,
+            committed=lambda p: committed_fingerprint(os.path.abspath(p["output"]), {RAW: None}))
 def convert_acquisition(source: str, output: str, voxel_size: list[int] | None = None) -> ArrayRef:
     """`source` (HDF5, TIFF, N5 or Zarr) → `output` Zarr in lsdflow's layout."""
     convert(source, output, voxel_size=voxel_size, overwrite=os.path.exists(output), progress=False)

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from prefect import task
-
-from ..core.blockwise_predict import predict_blockwise, prediction_key
+from ..core.blockwise_predict import predict_blockwise, prediction_state
 from .artifacts import publish_summary
+from .cache_keys import stage_task
 from .progress import blockwise_settings
 from .references import ArrayRef
 from .retry import retry_transient
 
 
-def _key(ctx, parameters) -> str:
+def _state(parameters) -> tuple[str, str | None]:
     from ..flows.registry import resolve_prediction_model
 
     config, raw = parameters["config"], parameters["raw"]
     model_file, lineage, _ = resolve_prediction_model(parameters.get("model"), config)
-    return "predict-" + prediction_key(config, raw.container, model_file, extra_attrs=lineage)
+    return prediction_state(config, raw.container, model_file, extra_attrs=lineage)
 
 
-@task(name="predict", cache_key_fn=_key, retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_transient,
-      persist_result=True, timeout_seconds=48 * 3600)
+@stage_task(name="predict", cache_key_fn=lambda ctx, p: f"predict-{_state(p)[0]}", committed=lambda p: _state(p)[1],
+            retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_transient, persist_result=True,
+            timeout_seconds=48 * 3600)
 def predict(config, raw: ArrayRef, model: str | None = None) -> list[ArrayRef]:
     """Affinities and LSDs for `raw`'s volume with `model` (a file or models:/ URI; default
     the config's prediction.model, e.g. the champion)."""

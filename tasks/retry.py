@@ -7,11 +7,12 @@ from __future__ import annotations
 
 def is_transient(error: BaseException) -> bool:
     from ..core.blockwise import BlockwiseError
+    from ..core.input_checks import ModelFileError
     from ..core.config import ConfigError
     from ..core.graphstore import GraphStoreError
     from ..core.volumes import VolumeError
 
-    if isinstance(error, (VolumeError, ConfigError, FileNotFoundError)):
+    if isinstance(error, (VolumeError, ConfigError, ModelFileError, FileNotFoundError)):
         return False
     if isinstance(error, BlockwiseError):
         return True

@@ -5,10 +5,9 @@ recomputes nothing and a new threshold recomputes only find-segments and relabel
 
 from __future__ import annotations
 
-from prefect import task
-
 from ..core.blockwise_segment import BlockwiseSegmentation
 from ..core.graphstore import redact
+from .cache_keys import stage_task
 from .progress import blockwise_settings
 from .references import ArrayRef, GraphRef, LutsRef
 from .retry import retry_transient
@@ -25,24 +24,24 @@ def _thresholds_key(parameters) -> str:
     return ",".join(f"{float(t):g}" for t in sorted(parameters["thresholds"]))
 
 
-@task(name="fragments", cache_key_fn=lambda ctx, p: f"fragments-{_job(p).fragments_key}", timeout_seconds=24 * 3600,
-      **RETRIES)
+@stage_task(name="fragments", cache_key_fn=lambda ctx, p: f"fragments-{_job(p).fragments_key}",
+            committed=lambda p: _job(p).fragments_done(), timeout_seconds=24 * 3600, **RETRIES)
 def fragments(config, affs: ArrayRef, graph_url: str | None = None) -> GraphRef:
     job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url, blockwise_settings(config, "fragments"))
     summary = job.fragments()
     return GraphRef(url=redact(job.graph_url), sample=job.sample, key=summary["key"])
 
 
-@task(name="agglomerate", cache_key_fn=lambda ctx, p: f"agglomerate-{_job(p).edges_key()}", timeout_seconds=24 * 3600,
-      **RETRIES)
+@stage_task(name="agglomerate", cache_key_fn=lambda ctx, p: f"agglomerate-{_job(p).edges_key()}",
+            committed=lambda p: _job(p).edges_done(), timeout_seconds=24 * 3600, **RETRIES)
 def agglomerate(config, affs: ArrayRef, graph: GraphRef, graph_url: str | None = None) -> GraphRef:
     job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url, blockwise_settings(config, "agglomerate"))
     summary = job.agglomerate()
     return GraphRef(url=graph.url, sample=graph.sample, key=summary["key"])
 
 
-@task(name="find-segments", cache_key_fn=lambda ctx, p: f"find-segments-{_job(p).edges_key()}-{_thresholds_key(p)}",
-      timeout_seconds=3600, **RETRIES)
+@stage_task(name="find-segments", cache_key_fn=lambda ctx, p: f"find-segments-{_job(p).edges_key()}-{_thresholds_key(p)}",
+            committed=lambda p: _job(p).luts_done(p["thresholds"]), timeout_seconds=3600, **RETRIES)
 def find_segments(config, affs: ArrayRef, graph: GraphRef, thresholds: list[float], graph_url: str | None = None) -> LutsRef:
     job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url)
     found = job.find_segments(thresholds)
@@ -50,8 +49,8 @@ def find_segments(config, affs: ArrayRef, graph: GraphRef, thresholds: list[floa
                    thresholds=tuple(sorted(found["segments"])), key=found["key"])
 
 
-@task(name="relabel", cache_key_fn=lambda ctx, p: f"relabel-{p['luts'].key}-{_thresholds_key(p)}",
-      timeout_seconds=24 * 3600, **RETRIES)
+@stage_task(name="relabel", cache_key_fn=lambda ctx, p: f"relabel-{_job(p).edges_key()}-{_thresholds_key(p)}",
+            committed=lambda p: _job(p).relabel_done(p["thresholds"]), timeout_seconds=24 * 3600, **RETRIES)
 def relabel(config, affs: ArrayRef, luts: LutsRef, thresholds: list[float], graph_url: str | None = None) -> list[ArrayRef]:
     job = BlockwiseSegmentation(config, affs.container, affs.dataset, graph_url, blockwise_settings(config, "relabel"))
     job.relabel(thresholds)

@@ -11,8 +11,8 @@ from lsdflow.core.acquisitions import check_inside_roots, mark_announced, new_ac
 
 def test_only_settled_new_or_changed_acquisitions_are_announced(tmp_path):
     landing = tmp_path / "landing"
-    (landing / "a.zarr" / "volumes").mkdir(parents=True)
-    (landing / "a.zarr" / "volumes" / "x").write_bytes(b"123")
+    (landing / "a.zarr" / "volumes" / "raw").mkdir(parents=True)
+    (landing / "a.zarr" / "volumes" / "raw" / "0.0.0").write_bytes(b"123")
     (landing / "notes.txt").write_text("not an acquisition")
     record = tmp_path / "seen.json"
     now = time.time()
@@ -21,7 +21,7 @@ def test_only_settled_new_or_changed_acquisitions_are_announced(tmp_path):
     assert [a.path.name for a in ready] == ["a.zarr"]
     mark_announced(record, ready[0])
     assert new_acquisitions(landing, record, settle_seconds=60, now=now + 120) == []  # seen
-    (landing / "a.zarr" / "volumes" / "x").write_bytes(b"12345")  # content changed
+    (landing / "a.zarr" / "volumes" / "raw" / "0.0.0").write_bytes(b"12345")  # content changed
     assert [a.path.name for a in new_acquisitions(landing, record, settle_seconds=0)] == ["a.zarr"]
 
 

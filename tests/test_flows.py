@@ -118,7 +118,7 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
     volume = tmp_path / "acquisition.zarr"
     shutil.copytree(gala_test, volume)
     kwargs = dict(path=str(volume), config_name="gala", overrides=BLOCKS, workspace=str(tmp_path / "ws"),
-                  thresholds=[0.1, 0.2])
+                  thresholds=[0.1, 0.2], data_roots=[str(tmp_path)])
     began = time.perf_counter()
     first = process_acquisition(**kwargs, return_state=True)
     first_seconds = time.perf_counter() - began
