@@ -2,7 +2,7 @@
 and bad inputs cannot drift from the tests.
 
     python docs/reliability_table.py                 # runs tests/reliability, then writes the table
-    python docs/reliability_table.py --junit R.xml   # from an existing pytest --junitxml report
+    python docs/reliability_table.py --junit R.xml [...]   # from existing pytest --junitxml reports
 
 Each row is one test case: the module says which kind of fault it is, the test's name
 (and its parameter) what was done and what is expected, the outcome what happened.
@@ -34,8 +34,12 @@ def _sentence(name: str) -> str:
     return name.removeprefix("test_").replace("_", " ").replace(" 0 1", " [0, 1]")
 
 
-def table(junit: Path) -> str:
-    cases = ET.parse(junit).getroot().iter("testcase")
+def table(junits: list[Path]) -> str:
+    latest = {}  # a case in several reports: the last report's outcome
+    for junit in junits:
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            latest[(case.get("classname", ""), case.get("name", ""))] = case
+    cases = latest.values()
     by_module: dict[str, list[tuple[str, str, str]]] = {}
     for case in cases:
         classname = case.get("classname", "")
@@ -70,13 +74,13 @@ def table(junit: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--junit", type=Path, help="an existing pytest --junitxml report")
+    parser.add_argument("--junit", type=Path, nargs="+", help="existing pytest --junitxml reports (later ones win)")
     args = parser.parse_args()
-    junit = args.junit
-    if junit is None:
-        junit = Path(tempfile.mkdtemp()) / "reliability.xml"
-        subprocess.run([sys.executable, "-m", "pytest", "-q", str(SUITE), f"--junitxml={junit}"], cwd=ROOT)
-    OUT.write_text(table(junit) + "\n")
+    junits = args.junit
+    if not junits:
+        junits = [Path(tempfile.mkdtemp()) / "reliability.xml"]
+        subprocess.run([sys.executable, "-m", "pytest", "-q", str(SUITE), f"--junitxml={junits[0]}"], cwd=ROOT)
+    OUT.write_text(table(junits) + "\n")
     print(f"wrote {OUT}")
     return 0
 

@@ -20,10 +20,14 @@ SECRET = "s3cr3t-Pa55"
 
 
 @pytest.fixture
-def clean_env(monkeypatch):
-    monkeypatch.delenv(USER_ENV, raising=False)
-    monkeypatch.delenv(PASSWORD_ENV, raising=False)
-    yield monkeypatch
+def clean_env():
+    """These tests put credentials into os.environ (that is the mechanism): remove them
+    after, or later MongoDB connections of the session would try to authenticate."""
+    saved = {k: os.environ.pop(k) for k in (USER_ENV, PASSWORD_ENV) if k in os.environ}
+    yield
+    for key in (USER_ENV, PASSWORD_ENV):
+        os.environ.pop(key, None)
+    os.environ.update(saved)
 
 
 def test_a_password_in_the_url_moves_to_the_environment_and_out_of_the_worker_payload(gala_copy, clean_env):
