@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,15 +33,16 @@ class Acquisition:
     files: int = 0  # input files found; none: not an acquisition yet (still arriving)
 
 
-# the input datasets of a Zarr/N5 acquisition: what lsdflow writes into the container
+# the input datasets of a Zarr acquisition: what lsdflow writes into the container
 # (predictions, fragments, segmentations, luts, .lsdflow/) is not part of its identity
 INPUT_DATASETS = (RAW, NEURON_IDS, LABELS_MASK, MITO_IDS)
 
 
-def _files(path: Path, datasets: tuple[str, ...] = INPUT_DATASETS) -> list[Path]:
+def _files(path: Path, datasets: tuple[str, ...] | None = INPUT_DATASETS) -> list[Path]:
+    """The files that make an acquisition (`datasets=None`: every file)."""
     if path.is_file():
         return [path]
-    if path.suffix.lower() in (".zarr", ".n5"):
+    if path.suffix.lower() == ".zarr" and datasets is not None:  # lsdflow writes its outputs into a Zarr acquisition only
         files = [p for p in path.iterdir() if p.is_file()]  # root metadata
         for dataset in datasets:
             if (path / dataset).is_dir():
@@ -49,7 +51,7 @@ def _files(path: Path, datasets: tuple[str, ...] = INPUT_DATASETS) -> list[Path]
     return sorted(p for p in path.rglob("*") if p.is_file())
 
 
-def describe(path: str | os.PathLike, datasets: tuple[str, ...] = INPUT_DATASETS) -> Acquisition:
+def describe(path: str | os.PathLike, datasets: tuple[str, ...] | None = INPUT_DATASETS) -> Acquisition:
     """An acquisition's identity: names, sizes and mtimes of its input files only, so
     that lsdflow's own outputs written into a Zarr acquisition never announce it again."""
     path = Path(path)
@@ -83,6 +85,15 @@ def default_record(landing: str | os.PathLike, workspace: str | os.PathLike) -> 
     return Path(workspace) / "acquisitions" / f"announced-{key}.json"
 
 
+def output_dir(workspace: str | os.PathLike, source: str | os.PathLike) -> Path:
+    """Where processing an acquisition writes what does not belong inside a Zarr container
+    (a Zarr converted from HDF5/TIFF/N5, the region graph, the evaluation report):
+    `<workspace>/acquisitions/<name>-<hash of its resolved path>/`, never the landing directory."""
+    source = Path(source).resolve()
+    key = hashlib.sha256(str(source).encode()).hexdigest()[:8]
+    return Path(workspace).resolve() / "acquisitions" / f"{source.name.split('.')[0] or 'acquisition'}-{key}"
+
+
 def new_acquisitions(landing: str | os.PathLike, record: str | os.PathLike, settle_seconds: float = 60.0,
                      now: float | None = None) -> list[Acquisition]:
     """Complete acquisitions whose content differs from the record (new or changed)."""
@@ -96,6 +107,23 @@ def new_acquisitions(landing: str | os.PathLike, record: str | os.PathLike, sett
         if seen.get(str(acquisition.path)) != acquisition.fingerprint:
             ready.append(acquisition)
     return ready
+
+
+def announce_new(landing: str | os.PathLike, record: str | os.PathLike, emit: Callable[[Acquisition], None],
+                 settle_seconds: float = 60.0) -> list[Acquisition]:
+    """`emit` each complete acquisition that is new or changed, then record it; all under
+    a lock on the record, so that two scans at once (a slow scan overlapping the next
+    scheduled one, two watchers on one landing directory) never announce one twice."""
+    from .output_lock import file_lock
+
+    record = Path(record)
+    with file_lock(record.with_suffix(".lock"), f"acquisition record {record}"):
+        announced = []
+        for acquisition in new_acquisitions(landing, record, settle_seconds):
+            emit(acquisition)
+            mark_announced(record, acquisition)
+            announced.append(acquisition)
+        return announced
 
 
 def mark_announced(record: str | os.PathLike, acquisition: Acquisition) -> None:

@@ -371,6 +371,9 @@ def convert(
                 attrs={"derived_from": NEURON_IDS, "converted_by": "lsdflow convert"},
                 fill_value=1,
             )
+        # what the container was made from: `convert_if_changed` compares it
+        zarr.open_group(str(partial), mode="a").attrs[CONVERSION_KEY] = conversion_key(
+            source, labels, voxel_size, offset, chunk_shape, datasets)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -379,3 +382,35 @@ def convert(
             bar.close()
     swap_into_place(partial, output)
     return output
+
+
+CONVERSION_KEY = "lsdflow_conversion_key"
+
+
+def conversion_key(source, labels=None, voxel_size=None, offset=None, chunk_shape=(64, 64, 64),
+                   datasets=None) -> str:
+    """The sources' content (names, sizes, mtimes of their files) and every setting."""
+    import hashlib
+    import json
+
+    from .acquisitions import describe
+
+    parts = [describe(source, None).fingerprint, describe(labels, None).fingerprint if labels else None,
+             *(list(v) if v is not None else None for v in (voxel_size, offset, chunk_shape)), datasets]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def convert_if_changed(source: str | os.PathLike, output: str | os.PathLike, **kwargs) -> Path:
+    """`convert(..., overwrite=True)` unless `output` already holds a conversion of the same
+    sources with the same settings. Under a lock beside `output`, so that two runs on one
+    acquisition convert it once and neither replaces a container the other works in."""
+    from .output_lock import file_lock
+
+    output = Path(output)
+    with file_lock(output.parent / f".{output.name}.convert.lock", f"converting into {output}"):
+        key = conversion_key(source, kwargs.get("labels"), kwargs.get("voxel_size"), kwargs.get("offset"),
+                             kwargs.get("chunk_shape", (64, 64, 64)), kwargs.get("datasets"))
+        if output.is_dir() and (output / ".zattrs").is_file():
+            if zarr.open_group(str(output), mode="r").attrs.get(CONVERSION_KEY) == key:
+                return output
+        return convert(source, output, overwrite=True, **kwargs)

@@ -23,16 +23,25 @@ logger = logging.getLogger(__name__)
 
 @contextmanager
 def output_lock(container: str | os.PathLike, name: str) -> Iterator[None]:
-    path = Path(container) / ".lsdflow" / "locks" / f"{name}.lock"
+    """The lock of stage `name` writing into `container`."""
+    with file_lock(Path(container) / ".lsdflow" / "locks" / f"{name}.lock", f"{container}: {name}"):
+        yield
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """An exclusive `flock` on `path` (created if missing) for the block's duration;
+    `what` names the guarded thing in the log line of a run that has to wait."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            logger.warning("%s: another lsdflow run is writing %s; waiting for it", container, name)
+            logger.warning("%s: another lsdflow run holds it; waiting", what)
             began = time.monotonic()
             fcntl.flock(handle, fcntl.LOCK_EX)
-            logger.warning("%s: %s free after %.0f s", container, name, time.monotonic() - began)
+            logger.warning("%s: free after %.0f s", what, time.monotonic() - began)
         try:
             yield
         finally:

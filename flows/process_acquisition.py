@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from ..core.acquisitions import check_inside_roots
+from ..core.acquisitions import check_inside_roots, output_dir
 from ..core.acquisitions import data_roots as acquisition_roots
 from ..core.config import load_config
 from ..core.volumes import dataset_exists
@@ -35,12 +35,16 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
     config = load_config(config_name, overrides or [], workspace)
     # a path from an event must not point anywhere else on the machine: roots required
     source = check_inside_roots(path, acquisition_roots(data_roots))
+    # the landing directory belongs to the data transfer: graph, report and converted
+    # volumes go to the workspace (a Zarr acquisition takes its predictions inside)
+    outputs = output_dir(config.resolved_workspace, source)
     if source.suffix == ".zarr":
         container = source
         raw = ArrayRef.of(container, config.data.raw_dataset)
     else:
-        container = Path(output) if output else source.with_suffix(".zarr")
+        container = Path(output) if output else outputs / f"{source.name.split('.')[0]}.zarr"
         raw = convert_acquisition(str(source), str(container), list(config.data.voxel_size))
+    graph_url = graph_url or config.blockwise.graph or f"sqlite:///{outputs / 'graph.db'}"
     raw_asset = ref_asset(raw)
     pred_assets = [array_asset(raw.container, "volumes/pred_affs"), array_asset(raw.container, "volumes/pred_lsds")]
     predictions = materializing(predict, pred_assets, [raw_asset])(config, raw, model)
@@ -59,7 +63,8 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
         config, affs, luts, thresholds, graph_url)
     result = {"volume": str(container), "segmentations": [s.dataset for s in segmentations], "graph": graph.url}
     if dataset_exists(container, config.data.labels_dataset):
-        scores = evaluate(config, segmentations, ArrayRef.of(container, config.data.labels_dataset))
+        scores = evaluate(config, segmentations, ArrayRef.of(container, config.data.labels_dataset),
+                          str(outputs / "evaluation"))
         result["best"] = scores["best"]
     publish_summary(f"acquisition-{container}", f"acquisition {container.name}",
                     {"volume": str(container), "ROI (nm)": raw.roi, "segmentations": ", ".join(result["segmentations"]),

@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
-from ..core.acquisitions import default_record, mark_announced, new_acquisitions
+from ..core.acquisitions import announce_new, default_record
 from ..core.config import load_config
 
 EVENT = "lsdflow.acquisition.created"
@@ -21,15 +21,15 @@ def watch_acquisitions(landing: str, record: str | None = None, settle_seconds: 
     and new or changed since it was last announced. Returns the announced paths."""
     landing_dir = Path(landing).resolve()
     record_file = Path(record) if record else default_record(landing_dir, load_config(config_name).resolved_workspace)
-    announced = []
-    for acquisition in new_acquisitions(landing_dir, record_file, settle_seconds):
+
+    def emit(acquisition):
         emit_event(
             event=EVENT,
             resource={"prefect.resource.id": f"lsdflow.acquisition.{acquisition.fingerprint}",
                       "prefect.resource.name": acquisition.path.name},
             payload={"path": str(acquisition.path), "fingerprint": acquisition.fingerprint, "config": config_name},
         )
-        mark_announced(record_file, acquisition)
-        announced.append(str(acquisition.path))
+
+    announced = [str(a.path) for a in announce_new(landing_dir, record_file, emit, settle_seconds)]
     get_run_logger().info("%d new acquisition(s) in %s", len(announced), landing_dir)
     return announced

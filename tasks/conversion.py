@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..core.acquisitions import describe
-from ..core.convert import convert
+from ..core.convert import convert_if_changed
 from ..core.staged_arrays import committed_fingerprint, stage_key
 from ..core.volumes import RAW
 from .cache_keys import stage_task
@@ -15,7 +15,7 @@ from .retry import retry_transient
 
 def source_fingerprint(path) -> str:
     """Names, sizes and modification times of every file of an acquisition."""
-    return describe(path).fingerprint
+    return describe(path, None).fingerprint
 
 
 def _key(ctx, p) -> str:
@@ -30,5 +30,5 @@ def _key(ctx, p) -> str:
             committed=lambda p: committed_fingerprint(os.path.abspath(p["output"]), {RAW: None}))
 def convert_acquisition(source: str, output: str, voxel_size: list[int] | None = None) -> ArrayRef:
     """`source` (HDF5, TIFF, N5 or Zarr) → `output` Zarr in lsdflow's layout."""
-    convert(source, output, voxel_size=voxel_size, overwrite=os.path.exists(output), progress=False)
+    convert_if_changed(source, output, voxel_size=voxel_size, progress=False)
     return ArrayRef.of(output, "volumes/raw")

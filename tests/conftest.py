@@ -41,12 +41,52 @@ def tiny_gala_config(tmp_path):
     return make
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_mongodb_server(port: int, db: str, workdir: str):
+    """`nx-27017` (a MongoDB wire-protocol server) on a loopback port, storing in `db`
+    (a SQLite file, or "memory"); returns the process once it answers a ping."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    import pymongo
+
+    executable = shutil.which("nx-27017") or str(Path(sys.executable).parent / "nx-27017")
+    process = subprocess.Popen(
+        [executable, "--db", db, "--host", "127.0.0.1", "-p", str(port),
+         "--log-file", f"{workdir}/nx.log", "--pid-file", f"{workdir}/nx.pid"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with pymongo.MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=500) as client:
+                client.admin.command("ping")
+            return process
+        except pymongo.errors.PyMongoError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"nx-27017 did not start on port {port} (log: {workdir}/nx.log)") from None
+            time.sleep(0.2)
+
+
+def stop_process(process) -> None:
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @pytest.fixture(scope="session")
@@ -55,42 +95,17 @@ def mongodb_url():
     else `nx-27017` started on a free loopback port for the session."""
     import os
     import shutil
-    import subprocess
-    import sys
     import tempfile
-    import time
-
-    import pymongo
 
     url = os.environ.get("LSDFLOW_TEST_MONGODB_URL")
     if url:
         yield url
         return
-    executable = shutil.which("nx-27017") or str(Path(sys.executable).parent / "nx-27017")
-    port = _free_port()
+    port = free_port()
     workdir = tempfile.mkdtemp(prefix="nx27017-")
-    process = subprocess.Popen(
-        [executable, "--db", "memory", "--host", "127.0.0.1", "-p", str(port),
-         "--log-file", f"{workdir}/nx.log", "--pid-file", f"{workdir}/nx.pid"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"mongodb://127.0.0.1:{port}/lsdflow_test"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            pymongo.MongoClient(url, serverSelectionTimeoutMS=500).admin.command("ping")
-            break
-        except pymongo.errors.PyMongoError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"nx-27017 did not start on port {port} (log: {workdir}/nx.log)") from None
-            time.sleep(0.2)
-    yield url
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    process = start_mongodb_server(port, "memory", workdir)
+    yield f"mongodb://127.0.0.1:{port}/lsdflow_test"
+    stop_process(process)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,12 +13,7 @@ import urllib.request
 
 import pytest
 
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import free_port
 
 
 def _wait_http(url: str, process: subprocess.Popen, timeout: float) -> None:
@@ -59,7 +53,7 @@ def _api(api: str, path: str, body: dict | None = None):
 
 @pytest.mark.slow
 def test_event_from_the_watcher_triggers_process_acquisition(tmp_path, gala_test):
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     landing = tmp_path / "landing"
     landing.mkdir()

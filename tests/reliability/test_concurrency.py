@@ -37,3 +37,54 @@ def test_two_segmentations_of_one_volume_at_once_give_one_correct_result(gala_co
         theirs = open_array(reference, f"volumes/segmentation/hist_quant_50/{threshold}")
         assert np.array_equal(ours[ours.roi], theirs[theirs.roi])
     assert hidden_leftovers(volume) == []
+
+
+def test_two_flows_on_one_acquisition_at_once_give_one_correct_result(prefect_api, tmp_path, gala_test, tiny_model,
+                                                                      monkeypatch):
+    """Two `process-acquisition` runs on one HDF5 acquisition at the same time (a duplicated
+    event, a run started by hand): one conversion, one result equal to a run alone, nothing
+    written into the landing directory."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import lsdflow.core.convert as conversion
+    from lsdflow.core.acquisitions import output_dir
+
+    conversions = []
+    real_convert = conversion.convert
+
+    def convert(*args, **kwargs):  # the real conversion, counted, slow enough for both runs to meet
+        conversions.append(args[0])
+        time.sleep(8)
+        return real_convert(*args, **kwargs)
+
+    monkeypatch.setattr(conversion, "convert", convert)
+    from lsdflow.flows.process_acquisition import process_acquisition
+
+    from .conftest import TINY
+    from .test_prefect_caches import _write_hdf5
+
+    results = {}
+    for name in ("alone", "shared"):
+        landing = tmp_path / name / "landing"
+        landing.mkdir(parents=True)
+        _write_hdf5(landing / "acquisition.h5", gala_test)
+        kwargs = dict(path=str(landing / "acquisition.h5"), config_name="gala", model=str(tiny_model),
+                      overrides=[*TINY, *BLOCKS], thresholds=[0.3, 0.5], workspace=str(tmp_path / name / "ws"),
+                      data_roots=[str(landing)])
+        with ThreadPoolExecutor(2) as pool:
+            runs = [pool.submit(process_acquisition, **kwargs, return_state=True) for _ in range(1 if name == "alone" else 2)]
+            states = [run.result() for run in runs]
+        assert all(state.is_completed() for state in states), states
+        assert sorted(p.name for p in landing.iterdir()) == ["acquisition.h5"]  # outputs went to the workspace
+        [result] = {str(state.result()["segmentations"]) + state.result()["volume"] for state in states}
+        container = output_dir(tmp_path / name / "ws", landing / "acquisition.h5") / "acquisition.zarr"
+        assert states[0].result()["volume"] == str(container)
+        results[name] = container
+        assert len(conversions) == 1, conversions
+        conversions.clear()
+        assert hidden_leftovers(container) == []
+    for dataset in ("volumes/pred_affs", "volumes/fragments", "volumes/segmentation/hist_quant_50/0.3",
+                    "volumes/segmentation/hist_quant_50/0.5"):
+        ours, theirs = open_array(results["shared"], dataset), open_array(results["alone"], dataset)
+        assert np.array_equal(ours[ours.roi], theirs[theirs.roi]), dataset

@@ -90,3 +90,15 @@ def test_a_changed_acquisition_recomputes_everything_downstream(prefect_api, tmp
     assert np.array_equal(converted[converted.roi], 255 - raw)
     after = second.result()["best"]
     assert after["voi_merge"] == pytest.approx(0.0) and after != before  # one label: nothing can be merged wrongly
+
+
+def _write_hdf5(path, container) -> None:
+    """`container`'s raw and labels as an HDF5 acquisition in the CREMI layout."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for name in ("volumes/raw", "volumes/labels/neuron_ids"):
+            array = open_array(container, name)
+            f[name] = array[array.roi]
+            f[name].attrs["resolution"] = tuple(array.voxel_size)
+            f[name].attrs["offset"] = tuple(array.roi.offset)
