@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -379,6 +380,17 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     except (ConfigError, VolumeError, ModelFileError, FileNotFoundError, GraphStoreError, BlockwiseError) as e:
         print(f"lsdflow: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in STORAGE_ERRORS:
+            raise
+        # a full disk, a quota, a read-only mount: every write goes beside its output and
+        # is renamed in only when complete, so what was there before is intact
+        print(f"lsdflow: error: {e.filename or ''}: {e.strerror}; nothing written before was changed",
+              file=sys.stderr)
+        return 2
+
+
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 if __name__ == "__main__":

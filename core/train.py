@@ -413,6 +413,9 @@ def train(
     device = device or default_device()
     checkpoint_dir = config.checkpoint_dir
     if init_from is not None:
+        # every training volume checked before the run's first checkpoint is written: a
+        # bad volume must not leave a workspace that refuses the corrected --init-from
+        build_training_pipeline(config, TrainingKeys.for_outputs(config.model.outputs), precache=False)
         start_from_model(config, init_from)
 
     start = latest_checkpoint(checkpoint_dir)

@@ -236,6 +236,14 @@ def test_a_run_starts_from_a_model_files_weights(tiny_gala_config, tmp_path):
     with pytest.raises(ConfigError, match="do not fit the network"):
         train(other, iterations=4, progress=False, init_from=model_file)
     assert not other.checkpoint_dir.exists()
+    # so is a bad training volume, and the corrected run then starts as asked
+    bad = load_config("gala", [*TINY_NET, "data.train=[{path=\"%s\", roi_offset_nm=[0, 0, 0], roi_shape_nm=[9000, 9000, 9000]}]"
+                               % config.data.train[0].path], workspace=tmp_path / "bad")
+    with pytest.raises(VolumeError, match="not inside"):
+        train(bad, iterations=4, progress=False, init_from=model_file)
+    assert not list_checkpoints(bad.checkpoint_dir)
+    fixed = load_config("gala", [*TINY_NET, "training.save_every=100"], workspace=tmp_path / "bad")
+    assert [i for i, _ in train(fixed, iterations=3, progress=False, init_from=model_file).losses] == [3]
 
 
 def test_a_training_region_keeps_the_held_out_labels_out(tmp_path, gala_train, tiny_gala_config):

@@ -4,6 +4,7 @@ expected, before any output is touched; never retried (defects 6 and 9)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,11 +19,18 @@ from lsdflow.core.blockwise_segment import segment_blockwise
 from lsdflow.core.config import load_config
 from lsdflow.core.volumes import VolumeError, list_datasets, open_array, write_array
 
-from .conftest import BLOCKS, TINY
+from .conftest import BLOCKS, TINY, run_killed
 
 
-def lsdflow(*argv, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lsdflow.flows.cli", *map(str, argv)], capture_output=True,
+def lsdflow(*argv, cwd=None, permissions_apply: bool = False) -> subprocess.CompletedProcess:
+    """`lsdflow ARGV` in a subprocess. `permissions_apply`: when run as root, without the
+    capabilities that let root ignore file permissions (so read-only means read-only)."""
+    prefix = []
+    if permissions_apply and os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root without setpriv (util-linux): permissions cannot be tested")
+        prefix = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    return subprocess.run([*prefix, sys.executable, "-m", "lsdflow.flows.cli", *map(str, argv)], capture_output=True,
                           text=True, cwd=cwd, timeout=600)
 
 
@@ -113,22 +121,19 @@ def test_bad_model_files_give_a_clear_error_naming_the_file(gala_copy, tiny_mode
 
 
 def test_a_read_only_output_gives_a_clear_error_and_keeps_earlier_outputs(gala_copy, tmp_path):
-    if os.geteuid() == 0:
-        pytest.skip("root writes into read-only directories: permissions cannot be tested as root")
     container = gala_copy()
     assert lsdflow("segment", "gala", container, "--thresholds", "0.5").returncode == 0
     before = _snapshot(container)
     for p in [container, *container.rglob("*")]:
-        if p.is_dir():
-            p.chmod(0o555)
+        p.chmod(0o555 if p.is_dir() else 0o444)
     try:
-        err = _error(lsdflow("segment", "gala", container, "--thresholds", "0.3"))
-        assert "read-only" in err
+        err = _error(lsdflow("segment", "gala", container, "--thresholds", "0.3", cwd=tmp_path,
+                             permissions_apply=True))
+        assert "read-only" in err and str(container) in err
         assert _snapshot(container) == before
     finally:
         for p in [container, *container.rglob("*")]:
-            if p.is_dir():
-                p.chmod(0o755)
+            p.chmod(0o755 if p.is_dir() else 0o644)
 
 
 def _contents(container) -> dict[str, str]:
@@ -142,26 +147,30 @@ def _contents(container) -> dict[str, str]:
     return result
 
 
-def test_a_full_disk_gives_a_clear_error_and_keeps_earlier_outputs(gala_copy, monkeypatch):
-    """ENOSPC while writing a dataset: the write fails, the old dataset stays whole."""
-    import errno
+FULL_DISK = """
+import errno
+import zarr.storage
+_real = zarr.storage.DirectoryStore.__setitem__
+def full(self, key, value):
+    if "segmentation" in self.path and ".partial-" in self.path:
+        raise OSError(errno.ENOSPC, "No space left on device", self.path + "/" + key)
+    return _real(self, key, value)
+zarr.storage.DirectoryStore.__setitem__ = full
+"""
 
+
+@pytest.mark.parametrize("blockwise", [False, True], ids=["in-memory", "blockwise"])
+def test_a_full_disk_gives_a_clear_error_and_keeps_earlier_outputs(gala_copy, tmp_path, blockwise):
+    """ENOSPC while writing a segmentation (injected into zarr's store, in every process of
+    the run): `lsdflow: error:` naming the file, and the earlier segmentation stays whole."""
     container = gala_copy()
-    from lsdflow.core.segment import segment_volume
-
-    segment_volume(container, thresholds=[0.5])
+    argv = ["segment", "gala", str(container), "--thresholds", "0.5", "--quiet"]
+    if blockwise:
+        argv += ["--blockwise", "--workers", "1", *[a for s in BLOCKS for a in ("--set", s)]]
+    assert run_killed("", argv, tmp_path).returncode == 0
     before = _contents(container)
-    real_write = zarr.storage.DirectoryStore.__setitem__
-
-    def full(self, key, value):
-        if "segmentation" in self.path and ".partial-" in self.path:
-            raise OSError(errno.ENOSPC, "No space left on device", key)
-        return real_write(self, key, value)
-
-    monkeypatch.setattr(zarr.storage.DirectoryStore, "__setitem__", full)
-    with pytest.raises(OSError, match="No space left"):
-        segment_volume(container, thresholds=[0.5])
-    monkeypatch.undo()
+    err = _error(run_killed(FULL_DISK, argv[:4] + ["0.5", "0.3"] + argv[5:], tmp_path))
+    assert "No space left on device" in err and str(container) in err
     assert _contents(container) == before
 
 
