@@ -1,20 +1,27 @@
-"""Segmentation quality on gala: the shipped MTLSD next to two baselines, on the test region.
+"""Segmentation quality on held-out regions: models next to baselines, thresholds chosen
+with and without ground truth. One dataset per config (default: gala and medulla).
 
-gala_test is split by the config into a validation half (where the shipped checkpoint,
-the segmentation settings and the threshold were chosen) and a test half (reported here).
+Each config splits its labelled volume into a validation region (where every choice is
+made) and a test region (reported). For each dataset:
 
-  mtlsd           shipped model → seeded watershed fragments → waterz (config's merge function),
-                  at the threshold chosen on the validation region, and at the best one on test
-  raw watershed   scikit-image watershed on a smoothed raw-intensity boundary map, seeds from
-                  h-minima, h swept; h chosen on the validation region like the threshold,
-                  and the best h on test (generous to the baseline)
+  models          each model (default: the shipped gala champion; `--model NAME=FILE`
+                  adds others) → seeded watershed fragments → waterz (config's merge
+                  function); VOI/ARAND at the threshold chosen on validation, at the
+                  threshold carried over from gala's validation region (medulla), at the
+                  threshold each label-free criterion chooses on the test region itself
+                  (core/threshold_selection.py; its regret = VOI sum there minus the best),
+                  and at the best threshold on test (an oracle)
+  raw watershed   scikit-image watershed on a smoothed raw-intensity boundary map, seeds
+                  from h-minima; h chosen on validation, and the best h on test
   gt affinities   the same post-processing fed with affinities computed from the labels
                   (what post-processing loses when the affinities are right)
 
-The whole of gala_test is reported too, for comparison with earlier numbers (half of it is
-the validation region). Prints tables and writes JSON.
+Prediction covers the bounding box of both regions plus the network's context; the
+label-free quality estimate (affinity uncertainty, criterion value) is printed for each
+region so that it can be compared with the true VOI. Prints tables and writes JSON.
 
-    python benchmarks/quality_baselines.py [--out FILE]
+    python benchmarks/quality_baselines.py [--config gala --config medulla]
+        [--model NAME=FILE ...] [--out FILE] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -24,20 +31,24 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+from funlib.geometry import Roi
 from skimage.filters import gaussian
 from skimage.measure import label
 from skimage.morphology import h_minima
-from skimage.segmentation import watershed
+from skimage.segmentation import find_boundaries, watershed
 
 from lsdflow.core.affinities import labels_to_affinities
 from lsdflow.core.checkpoints import describe_model, load_model
-from lsdflow.core.config import load_config
+from lsdflow.core.config import ModelConfig, load_config
 from lsdflow.core.metrics import segmentation_scores
 from lsdflow.core.predict import predict_array
 from lsdflow.core.segment import agglomerate, fragments_from_affinities
+from lsdflow.core.threshold_selection import affinity_uncertainty, choose, criteria, score_thresholds
 from lsdflow.core.volumes import intensity_stats, open_array, voxel_slices
 
 ROOT = Path(__file__).resolve().parents[1]
+H_VALUES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
 
 
 def scores(gt, candidates: dict, region) -> list[dict]:
@@ -48,6 +59,10 @@ def best(rows: list[dict]) -> dict:
     return min(rows, key=lambda r: r["voi_sum"])
 
 
+def at(rows: list[dict], parameter) -> dict:
+    return next(r for r in rows if r["parameter"] == parameter)
+
+
 def post_process(affs, config) -> dict:
     seg = config.segmentation
     fragments = fragments_from_affinities(affs, config.fragments_in_xy(), seg.min_seed_distance, seg.filter_fragments)
@@ -55,77 +70,158 @@ def post_process(affs, config) -> dict:
 
 
 def print_table(title: str, results: dict) -> None:
-    header = f"{title:48s} {'at':>6s} {'VOI split':>9s} {'VOI merge':>9s} {'VOI sum':>8s} {'ARAND':>7s}"
+    header = f"{title:62s} {'at':>6s} {'VOI split':>9s} {'VOI merge':>9s} {'VOI sum':>8s} {'ARAND':>7s}"
     print(header)
     print("-" * len(header))
     for name, r in results.items():
-        print(f"{name:48s} {r['parameter']:6.3g} {r['voi_split']:9.3f} {r['voi_merge']:9.3f} "
+        print(f"{name:62s} {r['parameter']:6.3g} {r['voi_split']:9.3f} {r['voi_merge']:9.3f} "
               f"{r['voi_sum']:8.3f} {r['arand']:7.3f}")
     print()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality_baselines.json")
-    parser.add_argument("--model", type=Path, help="a model file other than the shipped one (prediction.checkpoint)")
-    args = parser.parse_args()
-    config = load_config("gala")
+def _box(config, regions) -> Roi:
+    """Both regions and the network's context on each side, inside the volume."""
+    raw = open_array(regions[0].path, config.data.raw_dataset)
+    box = regions[0].roi
+    for region in regions[1:]:
+        box = box.union(region.roi)
+    context = config.derived()["context_nm"]
+    return box.grow(context, context).intersect(raw.roi)
+
+
+def _cached(cache: Path | None, key: list, compute) -> dict:
+    """Predictions kept in `cache` (an .npz per model, volume region and settings), so
+    that a rerun of the scoring does not predict again."""
+    if cache is None:
+        return compute()
+    import hashlib
+
+    path = cache / (hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:16] + ".npz")
+    if path.is_file():
+        with np.load(path) as stored:
+            return dict(stored)
+    result = compute()
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path.with_suffix(".partial.npz"), **result)
+    path.with_suffix(".partial.npz").replace(path)
+    return result
+
+
+def dataset_results(config_name: str, models: dict[str, Path], cache: Path | None = None,
+                    carried: dict[str, float] | None = None) -> dict:
+    """`carried`: per model, a threshold chosen on another dataset's validation region
+    (what a new acquisition without labels gets when thresholds are carried over)."""
+    config = load_config(config_name)
     validation, test = config.data.validation[0], config.data.test[0]
     assert validation.path == test.path, "the benchmark expects both regions in one volume"
+    box = _box(config, [validation, test])
     raw_array = open_array(test.path, config.data.raw_dataset)
     labels_array = open_array(test.path, config.data.labels_dataset)
-    raw, gt = raw_array[raw_array.roi], labels_array[raw_array.roi]
-    regions = {name: voxel_slices(v.roi, raw_array.roi, raw_array.voxel_size) for name, v in
+    raw, gt = raw_array[box], labels_array[box]
+    regions = {name: voxel_slices(v.roi, box, raw_array.voxel_size) for name, v in
                (("validation", validation), ("test", test))}
-    regions["whole"] = tuple(slice(None) for _ in range(3))
-    seconds = {}
-
-    began = time.perf_counter()
-    model, meta = load_model(args.model or config.prediction.checkpoint)
-    print(f"model: {args.model or config.prediction.checkpoint} ({describe_model(meta)})")
     mean, std = intensity_stats(raw_array)
     input_shape, output_shape = config.prediction_shapes
-    _, affs = predict_array(model, raw / 255.0, input_shape, output_shape, mean, std,
-                            augment=config.prediction.test_time_augmentation)
-    mtlsd = post_process(affs, config)
-    seconds["mtlsd"] = time.perf_counter() - began
+    available = criteria(config.model.affinity_neighborhood, config.training.lsd_sigma_nm, config.data.voxel_size,
+                         config.training.lsd_downsample)
+    seconds, results, label_free = {}, {"test": {}}, {}
+    choices = {}
+
+    for name, path in models.items():
+        began = time.perf_counter()
+        model, meta = load_model(path)
+        print(f"{config_name}: {name}: {path} ({describe_model(meta)})", flush=True)
+        kind = ModelConfig.model_validate(meta["config"]["model"])
+        outputs = _cached(cache, [config_name, str(Path(path).resolve()), Path(path).stat().st_mtime_ns, str(box),
+                                  config.prediction.test_time_augmentation, input_shape],
+                          lambda: dict(zip(kind.outputs, predict_array(
+                              model, raw / 255.0, input_shape, output_shape, mean, std,
+                              augment=config.prediction.test_time_augmentation))))
+        lsds, affs = outputs.get("lsds"), outputs["affs"]
+        segmentations = post_process(affs, config)
+        seconds[name] = time.perf_counter() - began
+        chosen = best(scores(gt, segmentations, regions["validation"]))["parameter"]
+        rows = scores(gt, segmentations, regions["test"])
+        results["test"][f"{name}, threshold from validation"] = at(rows, chosen)
+        if carried and name in carried:
+            results["test"][f"{name}, threshold carried over from gala validation"] = at(rows, carried[name])
+        choices[name] = {"validation": chosen}
+        for region_name, region in regions.items():
+            region_rows = scores(gt, segmentations, region)
+            began = time.perf_counter()
+            criterion_rows = score_thresholds({t: s[region] for t, s in segmentations.items()},
+                                              {"affs": affs[(slice(None), *region)],
+                                               "lsds": None if lsds is None else lsds[(slice(None), *region)]},
+                                              available)
+            seconds[f"{name} criteria ({region_name})"] = time.perf_counter() - began
+            oracle = best(region_rows)
+            label_free[f"{name} / {region_name}"] = {
+                "affinity_uncertainty": affinity_uncertainty(affs[(slice(None), *region)]),
+                "best_voi_sum": oracle["voi_sum"], "rows": criterion_rows,
+                **{c: {"threshold": choose(criterion_rows, c),
+                       "value": min(r[c] for r in criterion_rows),
+                       "regret": at(region_rows, choose(criterion_rows, c))["voi_sum"] - oracle["voi_sum"]}
+                   for c in available if c in criterion_rows[0]},
+            }
+            if region_name == "test":
+                for c in available:
+                    if c in criterion_rows[0]:
+                        results["test"][f"{name}, threshold by {c}"] = at(rows, choose(criterion_rows, c))
+                        choices[name][c] = choose(criterion_rows, c)
+        results["test"][f"{name}, best threshold here (oracle)"] = best(rows)
 
     began = time.perf_counter()
     boundary = gaussian(1.0 - raw / 255.0, sigma=1.0)  # membranes are dark
-    watersheds = {h: watershed(boundary, label(h_minima(boundary, h)))
-                  for h in (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)}
+    watersheds = {h: watershed(boundary, label(h_minima(boundary, h))) for h in H_VALUES}
     seconds["raw watershed"] = time.perf_counter() - began
+    chosen_h = best(scores(gt, watersheds, regions["validation"]))["parameter"]
+    baseline = scores(gt, watersheds, regions["test"])
+    results["test"]["raw watershed (scikit-image), h from validation"] = at(baseline, chosen_h)
+    results["test"]["raw watershed (scikit-image), best h here"] = best(baseline)
 
     began = time.perf_counter()
-    upper = post_process(labels_to_affinities(gt, config.model.affinity_neighborhood), config)
+    # label boundaries two voxels thick (as membranes are), so that watershed fragments do not
+    # cross them: affinities of labels touching without a gap (medulla) would otherwise say
+    # "boundary" in one channel only and the fragments would leak across
+    thick = np.where(find_boundaries(gt, mode="inner"), 0, gt)
+    upper = post_process(labels_to_affinities(thick, config.model.affinity_neighborhood), config)
     seconds["gt affinities"] = time.perf_counter() - began
+    results["test"]["gt affinities (upper bound), best here"] = best(scores(gt, upper, regions["test"]))
 
-    chosen = best(scores(gt, mtlsd, regions["validation"]))["parameter"]
-    chosen_h = best(scores(gt, watersheds, regions["validation"]))["parameter"]
-    results = {}
-    for name in ("test", "whole"):
-        rows = scores(gt, mtlsd, regions[name])
-        baseline = scores(gt, watersheds, regions[name])
-        results[name] = {
-            "mtlsd (shipped), threshold from validation": next(r for r in rows if r["parameter"] == chosen),
-            "mtlsd (shipped), best threshold here": best(rows),
-            "raw watershed (scikit-image), h from validation": next(r for r in baseline if r["parameter"] == chosen_h),
-            "raw watershed (scikit-image), best h here": best(baseline),
-            "gt affinities (upper bound), best here": best(scores(gt, upper, regions[name])),
-        }
-    print_table(f"gala_test, test region {tuple(test.roi.offset)}+{tuple(test.roi.shape)} nm", results["test"])
-    print_table("gala_test, whole volume (half is validation)", results["whole"])
-    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
+    print_table(f"{config_name}: test region {tuple(test.roi.offset)}+{tuple(test.roi.shape)} nm", results["test"])
+    print(f"{'label-free criteria':34s} {'region':>10s} {'unc.':>6s} " + " ".join(
+        f"{c[:22]:>22s} {'regret':>6s}" for c in available))
+    for key, row in label_free.items():
+        model_name, region_name = key.split(" / ")
+        print(f"{model_name[:34]:34s} {region_name:>10s} {row['affinity_uncertainty']:6.3f} " + " ".join(
+            f"{row[c]['value']:12.4f} at {row[c]['threshold']:5.2f} {row[c]['regret']:6.3f}" if c in row else " " * 29
+            for c in available))
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()) + "\n", flush=True)
+    return {"volume": str(test.path), "validation_region": str(validation), "test_region": str(test),
+            "predicted_box_nm": str(box), "models": {n: str(p) for n, p in models.items()},
+            "test_time_augmentation": config.prediction.test_time_augmentation,
+            "merge_function": config.segmentation.merge_function, "thresholds": config.segmentation.thresholds,
+            "choices": choices, "h_from_validation": chosen_h, "results": results, "label_free": label_free,
+            "seconds": seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action="append", help="dataset config (repeatable; default gala and medulla)")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=FILE",
+                        help="a model file to score (repeatable; default: the shipped gala champion)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality_baselines.json")
+    parser.add_argument("--cache", type=Path, help="keep predictions here and reuse them on the next run")
+    args = parser.parse_args()
+    models = dict(m.split("=", 1) for m in args.model) or {
+        "gala champion": str(load_config("gala").prediction.checkpoint)}
+    report = {}
+    for name in args.config or ["gala", "medulla"]:
+        carried = {m: c["validation"] for m, c in report["gala"]["choices"].items()} if "gala" in report else None
+        report[name] = dataset_results(name, {k: Path(v) for k, v in models.items()}, args.cache, carried)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "volume": str(test.path), "validation_region": str(validation), "test_region": str(test),
-        "model_iteration": meta.get("iteration"), "model": describe_model(meta),
-        "test_time_augmentation": config.prediction.test_time_augmentation, "merge_function": config.segmentation.merge_function,
-        "min_seed_distance": config.segmentation.min_seed_distance, "threshold_from_validation": chosen,
-        "h_from_validation": chosen_h,
-        "results": results, "seconds": seconds,
-    }, indent=2, default=float))
-    print(f"\nwrote {args.out}")
+    args.out.write_text(json.dumps(report, indent=2, default=float))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

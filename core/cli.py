@@ -182,35 +182,35 @@ def predict_command(args, config, model_file, extra_attrs: dict | None = None) -
 
 
 def cmd_segment(args) -> int:
-    from .segment import default_thresholds, segment_volume
+    from .segment import segment_volume
+    from .threshold_selection import candidate_thresholds, choose_and_record, describe_choice
 
     config = _config(args)
     seg = config.segmentation
+    thresholds = args.thresholds or candidate_thresholds(args.volume, args.affs, config)
     if args.blockwise:
         from .blockwise_segment import segment_blockwise
 
-        result = segment_blockwise(
-            config, args.volume, args.affs, graph_url=args.graph,
-            thresholds=args.thresholds or default_thresholds(args.volume, args.affs, seg.thresholds),
-            settings=_run_settings(args, config),
-        )
+        result = segment_blockwise(config, args.volume, args.affs, graph_url=args.graph, thresholds=thresholds,
+                                   settings=_run_settings(args, config))
         for summary in result["stages"].values():
             _print_stage(summary)
         print(f"region graph: {result['graph']}")
-        for threshold, path in result["segmentations"].items():
-            print(f"wrote {path}")
-        return 0
-    if args.graph:
-        raise ConfigError("--graph needs --blockwise (the in-memory path keeps no region graph)")
-    fragments_in_xy = config.fragments_in_xy()
-    thresholds = args.thresholds or default_thresholds(args.volume, args.affs, seg.thresholds)
-    result = segment_volume(
-        args.volume, args.affs, thresholds=thresholds,
-        merge_function=seg.merge_function, fragments_in_xy=fragments_in_xy,
-        min_seed_distance=seg.min_seed_distance, filter_fragments=seg.filter_fragments,
-    )
-    for dataset in result["written"]:
-        print(f"wrote {args.volume}/{dataset}")
+        written = [str(path) for path in result["segmentations"].values()]
+    else:
+        if args.graph:
+            raise ConfigError("--graph needs --blockwise (the in-memory path keeps no region graph)")
+        result = segment_volume(
+            args.volume, args.affs, thresholds=thresholds,
+            merge_function=seg.merge_function, fragments_in_xy=config.fragments_in_xy(),
+            min_seed_distance=seg.min_seed_distance, filter_fragments=seg.filter_fragments,
+        )
+        written = [f"{args.volume}/{dataset}" for dataset in result["written"]]
+    for path in written:
+        print(f"wrote {path}")
+    choice = choose_and_record(args.volume, config, thresholds, args.affs)
+    if choice is not None:
+        print(describe_choice(choice))
     return 0
 
 

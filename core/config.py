@@ -285,6 +285,12 @@ class SegmentationConfig(_Strict):
     fragments_in_xy: bool | None = None
     min_seed_distance: int = 10
     filter_fragments: float = Field(0.0, ge=0, le=1, description="drop fragments with a lower mean affinity")
+    threshold_criterion: Literal["validation", "affinity_disagreement", "lsd_disagreement"] = Field(
+        "validation",
+        description="how `segment` / `process-acquisition` choose a threshold when none is given: the model's "
+        "best threshold on validation data, or a label-free criterion computed on the acquisition itself "
+        "(every configured threshold is segmented, the one that best explains the predictions is chosen)")
+    criterion_max_voxels: int = Field(128**3, gt=0, description="criteria are computed on a central crop this large")
 
 
 class BlockwiseConfig(_Strict):

@@ -20,6 +20,7 @@ from ..tasks.evaluation import evaluate
 from ..tasks.prediction import predict
 from ..tasks.credentials import use_graph_credentials
 from ..tasks.references import ArrayRef
+from ..tasks.threshold_choice import choose_threshold
 
 
 @flow(name="process-acquisition")
@@ -62,16 +63,34 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
     segmentations = materializing(segmentation.relabel, seg_assets, [fragments_asset, job_graph + "/edges"])(
         config, affs, luts, thresholds, graph_url)
     result = {"volume": str(container), "segmentations": [s.dataset for s in segmentations], "graph": graph.url}
+    choice = None
+    if config.segmentation.threshold_criterion != "validation" and len(segmentations) > 1:
+        choice = choose_threshold(config, affs, segmentations)
+        result["chosen"] = {k: choice[k] for k in ("threshold", "criterion", "quality")}
     if dataset_exists(container, config.data.labels_dataset):
         scores = evaluate(config, segmentations, ArrayRef.of(container, config.data.labels_dataset),
                           str(outputs / "evaluation"))
         result["best"] = scores["best"]
-    publish_summary(f"acquisition-{container}", f"acquisition {container.name}",
-                    {"volume": str(container), "ROI (nm)": raw.roi, "segmentations": ", ".join(result["segmentations"]),
-                     "region graph": graph.url,
-                     **({"best VOI sum": f"{result['best']['voi_sum']:.4f} at {result['best']['threshold']:g}"}
-                        if "best" in result else {})})
+        if choice is not None:
+            result["chosen"]["scores"] = next(
+                (r for r in scores.get("scores", []) if r["threshold"] == choice["threshold"]), None)
+    publish_summary(f"acquisition-{container}", f"acquisition {container.name}", _summary(result, raw, graph))
     return result
+
+
+def _summary(result: dict, raw: ArrayRef, graph) -> dict:
+    rows = {"volume": result["volume"], "ROI (nm)": raw.roi, "segmentations": ", ".join(result["segmentations"]),
+            "region graph": graph.url}
+    if "chosen" in result:
+        chosen, quality = result["chosen"], result["chosen"]["quality"]
+        rows["chosen threshold"] = f"{chosen['threshold']:g} (label-free, by {chosen['criterion']})"
+        rows["label-free quality"] = (f"affinity uncertainty {quality['affinity_uncertainty']:.3f}, "
+                                      f"{chosen['criterion']} {quality['disagreement']:.4f}")
+        if chosen.get("scores"):
+            rows["VOI sum at the chosen threshold"] = f"{chosen['scores']['voi_sum']:.4f}"
+    if "best" in result:
+        rows["best VOI sum"] = f"{result['best']['voi_sum']:.4f} at {result['best']['threshold']:g}"
+    return rows
 
 
 def _graph_asset(config, affs: ArrayRef, graph_url: str | None) -> str:
@@ -82,6 +101,6 @@ def _graph_asset(config, affs: ArrayRef, graph_url: str | None) -> str:
 
 
 def _thresholds(affs: ArrayRef, config) -> list[float]:
-    from ..core.segment import default_thresholds
+    from ..core.threshold_selection import candidate_thresholds
 
-    return default_thresholds(affs.container, affs.dataset, config.segmentation.thresholds)
+    return candidate_thresholds(affs.container, affs.dataset, config)

@@ -34,4 +34,4 @@ def evaluate(config, segmentations: list[ArrayRef], labels: ArrayRef, out_dir: s
          "VOI merge": f"{best['voi_merge']:.4f}", "ARAND": f"{best['arand']:.4f}", "report": report["json"],
          **{f"picture {i + 1}": p for i, p in enumerate(report["pictures"])}},
     )
-    return {"best": best, "json": report["json"], "pictures": report["pictures"]}
+    return {"best": best, "scores": report["scores"], "json": report["json"], "pictures": report["pictures"]}

@@ -117,7 +117,8 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
 
     volume = tmp_path / "acquisition.zarr"
     shutil.copytree(gala_test, volume)
-    kwargs = dict(path=str(volume), config_name="gala", overrides=BLOCKS, workspace=str(tmp_path / "ws"),
+    label_free = ["segmentation.threshold_criterion=lsd_disagreement", "segmentation.criterion_max_voxels=32768"]
+    kwargs = dict(path=str(volume), config_name="gala", overrides=[*BLOCKS, *label_free], workspace=str(tmp_path / "ws"),
                   thresholds=[0.1, 0.2], data_roots=[str(tmp_path)])
     began = time.perf_counter()
     first = process_acquisition(**kwargs, return_state=True)
@@ -126,7 +127,15 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
     result = first.result()
     assert result["segmentations"] == ["volumes/segmentation/hist_quant_50/0.1", "volumes/segmentation/hist_quant_50/0.2"]
     assert result["best"]["voi_sum"] < 3.0
-    assert set(_task_states(first)) == {"predict", "fragments", "agglomerate", "find-segments", "relabel", "evaluate"}
+    assert set(_task_states(first)) == {"predict", "fragments", "agglomerate", "find-segments", "relabel",
+                                        "choose-threshold", "evaluate"}
+    # the threshold chosen without labels, its criterion and quality estimate, scored too
+    chosen = result["chosen"]
+    assert chosen["threshold"] in (0.1, 0.2) and chosen["criterion"] == "lsd_disagreement"
+    assert chosen["scores"]["threshold"] == chosen["threshold"] and 0 <= chosen["quality"]["affinity_uncertainty"] <= 1
+    from lsdflow.core.threshold_selection import recorded_choice
+
+    assert recorded_choice(volume, "hist_quant_50")["threshold"] == chosen["threshold"]
     segmentation_asset = f"file://{volume}/volumes/segmentation/hist_quant_50/0.1"
     materialized = _materialized_assets(segmentation_asset)
     assert segmentation_asset in materialized

@@ -17,23 +17,31 @@ from .test_crash_safety import _graph
 
 pytestmark = pytest.mark.slow
 
-# after the stage's first block: tell the test, then wait until it has stopped the server,
-# so that the next blocks meet a server that is down
+# every worker pauses after its first block of the stage until the test has stopped the
+# server; a write attempted while it is stopped leaves a mark, so that the test restarts the
+# server only once a worker has met the outage
 PAUSE_AFTER_FIRST_BLOCK = """
 import time
 from pathlib import Path
 import lsdflow.core.blockwise_segment as m
-_started, _stopped = Path({started!r}), Path({stopped!r})
+import lsdflow.core.graphstore as g
+_started, _stopped, _attempted = Path({started!r}), Path({stopped!r}), Path({attempted!r})
 _real = m.{cls}.process
 def process(self, block):
     _real(self, block)
     _started.touch()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while not _stopped.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
 m.{cls}.process = process
+_real_write = g.MongoGraphStore.{write}
+def write(self, *args, **kwargs):
+    if _stopped.exists():
+        _attempted.touch()
+    return _real_write(self, *args, **kwargs)
+g.MongoGraphStore.{write} = write
 """
-STAGES = {"fragments": "FragmentsBlock", "agglomerate": "AgglomerateBlock"}
+STAGES = {"fragments": ("FragmentsBlock", "write_nodes"), "agglomerate": ("AgglomerateBlock", "write_edges")}
 
 
 def _segment(container: Path, graph: str) -> list[str]:
@@ -63,11 +71,12 @@ def test_graph_server_stopped_mid_stage_and_restarted_gives_the_uninterrupted_gr
     container = gala_copy("vol.zarr")
     port, db, workdir = free_port(), str(tmp_path / "server.db"), str(tmp_path)
     url = f"mongodb://127.0.0.1:{port}/lsdflow_restart"
-    started, stopped = tmp_path / "started", tmp_path / "stopped"
+    started, stopped, attempted = tmp_path / "started", tmp_path / "stopped", tmp_path / "attempted"
     hooks = tmp_path / "hooks"
     hooks.mkdir()
     (hooks / "sitecustomize.py").write_text(textwrap.dedent(PAUSE_AFTER_FIRST_BLOCK).format(
-        started=str(started), stopped=str(stopped), cls=STAGES[stage]))
+        started=str(started), stopped=str(stopped), attempted=str(attempted), cls=STAGES[stage][0],
+        write=STAGES[stage][1]))
     server = start_mongodb_server(port, db, workdir)
     try:
         import os
@@ -80,7 +89,8 @@ def test_graph_server_stopped_mid_stage_and_restarted_gives_the_uninterrupted_gr
         server.send_signal(signal.SIGKILL)  # the harshest stop: no shutdown of any kind
         server.wait()
         stopped.touch()
-        time.sleep(2)  # the other worker's blocks meet the stopped server and fail
+        _wait_for(attempted, run)
+        time.sleep(5)  # longer than the store's 4 s server selection: that write fails
         server = start_mongodb_server(port, db, workdir)
         out, err = run.communicate(timeout=600)
         assert run.returncode == 0, err[-3000:]
