@@ -17,7 +17,7 @@ from funlib.geometry import Coordinate, Roi
 
 from .blockwise import BlockProcessor, RunSettings, Stage, grid_blocks, run_stage
 from .output_lock import output_lock
-from .input_checks import check_finite, check_writable
+from .input_checks import check_finite, check_not_constant, check_writable
 from .staged_arrays import OutputArray, StagedArrays, committed_fingerprint, stage_key
 from .volumes import VolumeError, container_identity, dataset_fingerprint, intensity_stats, open_array, voxel_slices
 
@@ -138,6 +138,20 @@ def empty_block_mask(raw_array, total_roi: Roi, block_size: Coordinate, mask_arr
     return skip
 
 
+def _intensity_range(data) -> tuple[float, float]:
+    """(low, high) of a Zarr array, chunk by chunk; stops at the first sign of two values."""
+    import itertools
+
+    low = high = None
+    for start in itertools.product(*(range(0, n, c) for n, c in zip(data.shape, data.chunks))):
+        chunk = data[tuple(slice(s, s + c) for s, c in zip(start, data.chunks))]
+        low = float(chunk.min()) if low is None else min(low, float(chunk.min()))
+        high = float(chunk.max()) if high is None else max(high, float(chunk.max()))
+        if low != high:
+            break
+    return low, high
+
+
 def predict_blockwise(
     config,
     container,
@@ -170,6 +184,8 @@ def predict_blockwise(
     augment = config.prediction.test_time_augmentation
     context = Coordinate(context_margin(model, input_shape, output_shape, augment)) * vs
     mean, std = intensity_stats(raw)
+    if std <= 1e-6:  # the sampled chunks are all of one intensity: look further before refusing
+        check_not_constant(*_intensity_range(raw._source_data), f"{container}/{config.data.raw_dataset}")
     attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
     attrs["test_time_augmentation"] = augment
     attrs.update(extra_attrs or {})  # e.g. the registered model's lineage

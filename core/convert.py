@@ -22,6 +22,7 @@ import zarr
 from funlib.geometry import Coordinate, Roi
 
 from .atomic import partial_path, remove_abandoned, swap_into_place
+from .input_checks import check_not_constant
 from .volumes import LABELS_MASK, MITO_IDS, NEURON_IDS, RAW, VolumeError, create_array
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -302,6 +303,7 @@ def _out_dtype(a: SourceArray) -> np.dtype:
 def _copy(a: SourceArray, target, block_shape, progress) -> None:
     shape = a.shape
     starts = [range(0, s, b) for s, b in zip(shape, block_shape)]
+    low, high = np.inf, -np.inf
     for start in itertools.product(*starts):
         slices = tuple(slice(s, min(s + b, n)) for s, b, n in zip(start, block_shape, shape))
         try:
@@ -318,6 +320,10 @@ def _copy(a: SourceArray, target, block_shape, progress) -> None:
         target[slices] = data.astype(_out_dtype(a), copy=False)
         if progress is not None:
             progress.update(int(np.prod([s.stop - s.start for s in slices])))
+        if a.role == "raw" and data.size:
+            low, high = min(low, float(data.min())), max(high, float(data.max()))
+    if a.role == "raw":
+        check_not_constant(low, high, a.where)
 
 
 def convert(

@@ -52,6 +52,14 @@ def check_writable(container: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def check_not_constant(low: float, high: float, where: str) -> None:
+    """Raw data with one intensity everywhere holds no image: an empty or failed
+    acquisition, refused rather than segmented into something meaningless."""
+    if low == high:
+        raise VolumeError(f"{where}: every voxel has intensity {low:g}; expected an image "
+                          f"(an empty or failed acquisition?)")
+
+
 def check_finite(data: np.ndarray, where: str) -> None:
     """Float data must hold no NaN or infinity (integers always do)."""
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():

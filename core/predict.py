@@ -166,7 +166,7 @@ def predict_volume(
 
     from .checkpoints import load_model
     from .config import check_voxel_size
-    from .input_checks import check_finite, check_writable
+    from .input_checks import check_finite, check_not_constant, check_writable
     from .volumes import intensity_stats, open_array, write_array
 
     container = Path(container)
@@ -179,6 +179,7 @@ def predict_volume(
     dtype = output_dtype or config.prediction.output_dtype
     raw = raw_array[raw_array.roi]
     check_finite(raw, f"{container}/{config.data.raw_dataset}")
+    check_not_constant(float(raw.min()), float(raw.max()), f"{container}/{config.data.raw_dataset}")
     scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
     mean, std = intensity_stats(raw_array)
     # the model file defines the network; the config the data and the prediction tile

@@ -78,6 +78,18 @@ def test_unknown_merge_function_fails_before_fragments_are_computed(gala_copy):
     assert _snapshot(container) == before
 
 
+@pytest.mark.parametrize("blockwise", [False, True])
+def test_an_all_zero_raw_volume_is_refused(gala_copy, tiny_model, blockwise):
+    """An empty (or failed) acquisition: no predictions, no segmentation."""
+    container = gala_copy(gt_affs=False)
+    raw = open_array(container, "volumes/raw")
+    write_array(container, "volumes/raw", raw.roi, raw.voxel_size, np.zeros(raw.shape, np.uint8))
+    args = ["predict", "gala", container, "--model", tiny_model, *[a for s in [*TINY, *BLOCKS] for a in ("--set", s)]]
+    err = _error(lsdflow(*args, *(["--blockwise", "--quiet"] if blockwise else ["--quiet"])))
+    assert "volumes/raw" in err and "every voxel has intensity 0" in err
+    assert not any(d.startswith("volumes/pred_") for d in list_datasets(container))
+
+
 def _float_raw_with(container, value):
     raw = open_array(container, "volumes/raw")
     data = raw[raw.roi].astype(np.float32) / 255
@@ -203,6 +215,8 @@ def test_corrupt_hdf5_chunk_is_a_clear_error_and_writes_nothing(tmp_path):
     ("nan raw", "NaN or infinite"),
     ("labels outside raw", "outside raw's ROI"),
     ("truncated file", "not a readable HDF5 file"),
+    ("all-zero raw", "every voxel has intensity 0"),
+    ("negative labels", "negative label ids"),
 ])
 def test_bad_hdf5_inputs_are_refused(tmp_path, case, message):
     raw = np.zeros((8, 16, 16), np.uint8)
@@ -216,6 +230,13 @@ def test_bad_hdf5_inputs_are_refused(tmp_path, case, message):
         values = np.zeros((8, 16, 16), np.float32)
         values[1, 2, 3] = np.nan
         path = _h5(tmp_path / "in.h5", values)
+    elif case == "all-zero raw":
+        path = _h5(tmp_path / "in.h5", raw)
+    elif case == "negative labels":
+        labels = np.zeros((8, 16, 16), np.int64)
+        labels[2, 3, 4] = -7
+        path = _h5(tmp_path / "in.h5", np.arange(raw.size, dtype=np.uint8).reshape(raw.shape),
+                   **{"volumes/labels/neuron_ids": labels})
     elif case == "labels outside raw":
         path = _h5(tmp_path / "in.h5", raw, **{"volumes/labels/neuron_ids": np.zeros((9, 16, 16), np.uint64)})
     else:
