@@ -25,6 +25,18 @@ def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
     return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def edges_inside(shape: Sequence[int], neighborhood: Sequence[Sequence[int]]) -> np.ndarray:
+    """Mask (channels, z, y, x) of the affinity edges whose both ends lie in the volume."""
+    inside = np.ones(shape, dtype=bool)
+    for channel, offset in enumerate(neighborhood):
+        for axis, o in enumerate(offset):
+            if o != 0:
+                index = [channel] + [slice(None)] * (len(shape) - 1)
+                index[axis + 1] = slice(0, -o) if o < 0 else slice(shape[axis + 1] - o, None)
+                inside[tuple(index)] = False
+    return inside
+
+
 def affinity_quality(predicted: np.ndarray, labels: np.ndarray, neighborhood) -> dict[str, float]:
     """ROC AUC and balanced accuracy at 0.5 of predicted vs ground-truth affinities.
 
@@ -35,13 +47,7 @@ def affinity_quality(predicted: np.ndarray, labels: np.ndarray, neighborhood) ->
     if pred.max() > 1.0:
         pred = pred / 255.0
     # edges leaving the volume have no ground truth: drop them
-    valid = np.ones(gt.shape, dtype=bool)
-    for channel, offset in enumerate(neighborhood):
-        for axis, o in enumerate(offset):
-            index = [channel] + [slice(None)] * (gt.ndim - 1)
-            index[axis + 1] = slice(0, -o) if o < 0 else slice(gt.shape[axis + 1] - o, None)
-            if o != 0:
-                valid[tuple(index)] = False
+    valid = edges_inside(gt.shape, neighborhood)
     gt, pred = gt[valid], pred[valid]
     hits_pos = (pred > 0.5) & gt
     hits_neg = (pred <= 0.5) & ~gt

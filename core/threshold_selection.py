@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .affinities import labels_to_affinities
+from .affinities import edges_inside, labels_to_affinities
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
@@ -47,13 +47,7 @@ def affinity_disagreement(affs: np.ndarray, segmentation: np.ndarray, neighborho
     it cuts, averaged (0 = perfect agreement). Edges leaving the volume are left out."""
     affs = _unit(affs)[: len(neighborhood)]
     whole = labels_to_affinities(segmentation, neighborhood) > 0.5
-    inside = np.ones(whole.shape, bool)
-    for channel, offset in enumerate(neighborhood):
-        for axis, step in enumerate(offset):  # edges that leave the volume carry no evidence
-            if step:
-                index = [slice(None)] * 3
-                index[axis] = slice(0, -step) if step < 0 else slice(-step, None)
-                inside[(channel, *index)] = False
+    inside = edges_inside(whole.shape, neighborhood)  # edges leaving the volume carry no evidence
     a, whole = affs[inside], whole[inside]
     boundary_weight, inside_weight = (1.0 - a).sum(), a.sum()
     merged = float((1.0 - a)[whole].sum() / boundary_weight) if boundary_weight > 0 else 0.0
