@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # machine without torch pulls the newest CUDA build (gigabytes).
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test test-fast benchmarks clean
+.PHONY: install demo test test-fast test-burst benchmarks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# 100 acquisitions dropped at once on the served platform, each processed end to end (~40 min)
+test-burst: install
+	LSDFLOW_TEST_BURST=100 $(BIN)/python -m pytest -q tests/reliability/test_burst_end_to_end.py
 
 benchmarks: install
 	$(BIN)/python benchmarks/train_throughput.py

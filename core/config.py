@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from .unet import UnetGeometry, make_geometry
+from .unet_geometry import UnetGeometry, make_geometry
 
 Vec3 = tuple[int, int, int]
 AXES = ("z", "y", "x")

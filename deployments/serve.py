@@ -6,6 +6,7 @@ Settings come from the environment:
 - LSDFLOW_DATA_ROOTS: directories event paths must lie in (default: the landing directory);
 - LSDFLOW_CONFIG: the dataset config (default gala);
 - LSDFLOW_WATCH_MINUTES: how often the watcher scans (default 5);
+- LSDFLOW_PROCESS_CONCURRENCY: acquisitions processed at the same time (default 1: one GPU);
 - LSDFLOW_REPROCESS_ON_PROMOTION: "1" to reprocess announced acquisitions with a new champion.
 """
 
@@ -51,7 +52,7 @@ def deployments(landing: str | None = None, config_name: str | None = None, watc
             triggers=[DeploymentEventTrigger(
                 expect={EVENT}, parameters={"path": "{{ event.payload.path }}"},
             )],
-            concurrency_limit=1,  # one GPU on a single machine
+            concurrency_limit=int(os.environ.get("LSDFLOW_PROCESS_CONCURRENCY", "1")),  # default: one GPU
         ),
         train.to_deployment("train", **module, parameters={"config_name": config_name}, concurrency_limit=1),
         predict.to_deployment("predict", **module, parameters={"config_name": config_name}, concurrency_limit=1),

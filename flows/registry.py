@@ -51,7 +51,30 @@ def _mlflow(workspace):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_setting
+    _create_store_once(tracking_uri(workspace))
     return mlflow
+
+
+_CREATED: set[str] = set()
+
+
+def _create_store_once(uri: str) -> None:
+    """MLflow creates a SQLite store's tables on first use (alembic migrations); two
+    processes doing it at once on a new workspace (two acquisitions processed together, a
+    training and a prediction) fail with "Online migration expected to match one row".
+    The first use in each process waits on a lock beside the database."""
+    if uri in _CREATED or not uri.startswith("sqlite:///"):
+        return
+    from mlflow import MlflowClient
+
+    from ..core.output_lock import file_lock
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    with file_lock(database.with_name(f".{database.name}.lock"), f"{database} (MLflow store)"):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)  # creates the tracking tables
+        client.search_registered_models(max_results=1)  # and the registry's
+    _CREATED.add(uri)
 
 
 def _client(workspace):

@@ -33,6 +33,26 @@ TINY_NET = [
 ]
 
 
+# an untrained network of the shipped architecture, fast enough to predict whole volumes
+TINY = ["model.num_fmaps=4", "model.fmap_inc_factor=2", "model.input_shape=[52, 52, 52]",
+        "prediction.input_shape=[76, 76, 76]"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """An untrained tiny MTLSD as a model file: its outputs still depend on the input."""
+    import torch
+
+    from lsdflow.core.checkpoints import write_model_file
+    from lsdflow.core.config import load_config
+    from lsdflow.core.models import build_model
+
+    config = load_config("gala", TINY)
+    torch.manual_seed(0)
+    return write_model_file(build_model(config.model).state_dict(), config,
+                            tmp_path_factory.mktemp("model") / "tiny.pt", 0)
+
+
 @pytest.fixture
 def tiny_gala_config(tmp_path):
     def make(*overrides: str):

@@ -1,6 +1,6 @@
 """Fixtures of the reliability suite: copies of the real gala volume, ground-truth
-affinities, a tiny (untrained, fast) model file, and a subprocess runner that can SIGKILL
-lsdflow at a chosen point without any hook in lsdflow itself."""
+affinities, and a subprocess runner that can SIGKILL lsdflow at a chosen point without
+any hook in lsdflow itself."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pytest
 from lsdflow.core.affinities import labels_to_affinities
 from lsdflow.core.volumes import open_array, write_array
 
+from ..conftest import TINY  # noqa: F401  (the tiny_model fixture comes from tests/conftest.py)
+
 # 64-voxel blocks: 8 blocks on gala_test, one prediction pass per tile
 BLOCKS = ["blockwise.block_size_nm=[640, 640, 640]", "prediction.test_time_augmentation=false"]
-TINY = ["model.num_fmaps=4", "model.fmap_inc_factor=2", "model.input_shape=[52, 52, 52]",
-        "prediction.input_shape=[76, 76, 76]"]
 
 
 def with_gt_affinities(container: Path, dataset: str = "volumes/pred_affs") -> Path:
@@ -39,21 +39,6 @@ def gala_copy(tmp_path, gala_test):
         return with_gt_affinities(container) if gt_affs else container
 
     return make
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory) -> Path:
-    """An untrained tiny MTLSD as a model file: its outputs still depend on the input."""
-    import torch
-
-    from lsdflow.core.checkpoints import write_model_file
-    from lsdflow.core.config import load_config
-    from lsdflow.core.models import build_model
-
-    config = load_config("gala", TINY)
-    torch.manual_seed(0)
-    return write_model_file(build_model(config.model).state_dict(), config,
-                            tmp_path_factory.mktemp("model") / "tiny.pt", 0)
 
 
 def run_killed(prelude: str, argv: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:

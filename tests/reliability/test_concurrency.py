@@ -30,8 +30,10 @@ def test_two_segmentations_of_one_volume_at_once_give_one_correct_result(gala_co
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=600) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
-    # the one that waited found every stage done
-    assert any(out.count("up to date") == 3 for out, _ in outputs), [out for out, _ in outputs]
+    # each stage ran once: whichever run waited for a stage's lock found it done
+    for stage in ("fragments", "agglomerate", "relabel"):
+        done = [f"{stage}: up to date" in out for out, _ in outputs]
+        assert sorted(done) == [False, True], (stage, [out for out, _ in outputs])
     for threshold in ("0.3", "0.5"):
         ours = open_array(volume, f"volumes/segmentation/hist_quant_50/{threshold}")
         theirs = open_array(reference, f"volumes/segmentation/hist_quant_50/{threshold}")
@@ -88,3 +90,19 @@ def test_two_flows_on_one_acquisition_at_once_give_one_correct_result(prefect_ap
                     "volumes/segmentation/hist_quant_50/0.5"):
         ours, theirs = open_array(results["shared"], dataset), open_array(results["alone"], dataset)
         assert np.array_equal(ours[ours.roi], theirs[theirs.roi]), dataset
+
+
+def test_processes_starting_on_a_new_workspace_at_once_share_one_mlflow_store(tmp_path, tiny_model):
+    """MLflow creates a new SQLite store's tables on first use; processes doing it at once
+    (acquisitions processed together on a new workspace) failed in alembic's migration
+    ("Online migration expected to match one row"). Four registrations at once: all succeed,
+    four versions in one store."""
+    workspace = tmp_path / "ws"
+    argv = [sys.executable, "-m", "lsdflow.flows.cli", "register", "gala", str(tiny_model), "--workspace", str(workspace)]
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, [err[-1500:] for _, err in outputs]
+    from lsdflow.flows.registry import resolve_model
+
+    versions = {resolve_model(f"models:/mtlsd-gala/{v}", workspace).version for v in range(1, 5)}
+    assert versions == {"1", "2", "3", "4"}
