@@ -48,6 +48,11 @@ class TrainingKeys:
     labels: gp.ArrayKey = field(default_factory=lambda: gp.ArrayKey("LABELS"))
     labels_mask: gp.ArrayKey = field(default_factory=lambda: gp.ArrayKey("LABELS_MASK"))
     mito: gp.ArrayKey = field(default_factory=lambda: gp.ArrayKey("MITO_LABELS"))
+    # the labels mask over the network output only: where a training region is thinner than
+    # a labels request (a few labelled sections), random locations are chosen by it, so that
+    # labelled voxels fall in the output and not only in the context around it
+    sample_mask: gp.ArrayKey = field(default_factory=lambda: gp.ArrayKey("SAMPLE_MASK"))
+    sample_at_output: bool = False
     targets: dict[str, gp.ArrayKey] = field(default_factory=dict)
     weights: dict[str, gp.ArrayKey] = field(default_factory=dict)
     predictions: dict[str, gp.ArrayKey] = field(default_factory=dict)
@@ -108,31 +113,30 @@ class _DenseMask(gp.BatchProvider):
         return batch
 
 
-def _check_masked_fraction(config: LsdflowConfig, container: Path, labels_roi, label_request) -> None:
+def _check_masked_fraction(config: LsdflowConfig, container: Path, labels_roi, label_request) -> bool:
     """RandomLocation retries forever when no location has enough labelled voxels:
-    refuse volumes that are too small for the request instead of hanging."""
+    refuse volumes that are too small for the request instead of hanging. A labelled region
+    thinner than a labels request (a few labelled sections) is trained on too: then
+    min_masked applies to the network output (returns True), else to the whole request."""
     extent = labels_roi.shape
-    output_size = Coordinate(config.model.output_shape) * Coordinate(config.data.voxel_size)
-    if any(e < o for e, o in zip(extent, output_size)):
-        raise VolumeError(
-            f"{container}/{config.data.labels_dataset}: labelled extent {tuple(extent)} nm is "
-            f"smaller than one network output {tuple(output_size)} nm; use a smaller "
-            f"model.input_shape or a larger volume"
-        )
+    thin = any(e < r for e, r in zip(extent, label_request))
+    request = Coordinate(config.model.output_shape) * Coordinate(config.data.voxel_size) if thin else label_request
     if config.augment.elastic:
         # rotations within sections grow the y/x extent of the upstream request by up to √2
-        label_request = Coordinate(label_request[0], *(int(r * 1.42) for r in label_request[1:]))
+        request = Coordinate(request[0], *(int(r * 1.42) for r in request[1:]))
     # the best case, at the centre of the volume: RandomLocation samples shifts uniformly
     # and retries, so a fraction that only the centre reaches makes training crawl
-    achievable = float(np.prod([min(1.0, e / r) for e, r in zip(extent, label_request)]))
+    achievable = float(np.prod([min(1.0, e / r) for e, r in zip(extent, request)]))
     if achievable < 1.5 * config.training.min_masked:
+        what = "the network output" if thin else "a labels request"
         raise ConfigError(
             f"training.min_masked = {config.training.min_masked} cannot be met in {container}: "
-            f"at most {achievable:.2f} of a labels request ({tuple(label_request)} nm: output, "
-            f"LSD context, rotation) can lie inside its labelled extent {tuple(extent)} nm, too "
+            f"at most {achievable:.2f} of {what} ({tuple(request)} nm: output"
+            f"{'' if thin else ', LSD context'}, rotation) can lie inside its labelled extent {tuple(extent)} nm, too "
             f"close to the minimum for random locations to find it quickly; set "
             f"training.min_masked <= {achievable / 1.5:.2f} or use a larger volume"
         )
+    return thin
 
 
 def _volume_source(
@@ -147,18 +151,23 @@ def _volume_source(
         if not labelled.contains(volume.roi):
             raise VolumeError(f"{volume}: the training region is not inside {config.data.labels_dataset} (ROI {labelled})")
         labelled = volume.roi
-    _check_masked_fraction(config, container, labelled, label_request)
+    thin = _check_masked_fraction(config, container, labelled, label_request)
+    if thin:  # padded far enough for every request to fit around the labelled sections
+        label_padding = Coordinate(max(p, r) for p, r in zip(label_padding, label_request))
     raw = arrays["raw"]
     mean, std = intensity_stats(raw)
     factor = normalization_factor(raw.dtype)
     sources = {
         keys.raw: gp.ArraySource(keys.raw, raw, interpolatable=True),
         keys.labels: gp.ArraySource(keys.labels, arrays["labels"], interpolatable=False),
-        keys.labels_mask: (
-            gp.ArraySource(keys.labels_mask, arrays["labels_mask"], interpolatable=False)
-            if arrays["labels_mask"] is not None
-            else _DenseMask(keys.labels_mask, arrays["labels"].roi, arrays["labels"].voxel_size)
-        ),
+        **{
+            key: (
+                gp.ArraySource(key, arrays["labels_mask"], interpolatable=False)
+                if arrays["labels_mask"] is not None
+                else _DenseMask(key, arrays["labels"].roi, arrays["labels"].voxel_size)
+            )
+            for key in (keys.labels_mask, keys.sample_mask)
+        },
     }
     if "mito" in arrays:
         sources[keys.mito] = gp.ArraySource(keys.mito, arrays["mito"], interpolatable=False)
@@ -173,9 +182,12 @@ def _volume_source(
     pipeline += gp.Pad(keys.raw, None)
     pipeline += gp.Pad(keys.labels, label_padding)
     pipeline += gp.Pad(keys.labels_mask, label_padding)
+    pipeline += gp.Pad(keys.sample_mask, label_padding)
     if "mito" in arrays:
         pipeline += gp.Pad(keys.mito, label_padding)
-    pipeline += gp.RandomLocation(min_masked=config.training.min_masked, mask=keys.labels_mask)
+    keys.sample_at_output |= thin
+    pipeline += gp.RandomLocation(min_masked=config.training.min_masked,
+                                  mask=keys.sample_mask if thin else keys.labels_mask)
     return pipeline
 
 
@@ -307,6 +319,8 @@ def make_request(config: LsdflowConfig, keys: TrainingKeys, seed: int | None = N
     for name in config.model.outputs:
         request.add(keys.targets[name], output_size)
         request.add(keys.weights[name], output_size)
+    if keys.sample_at_output:
+        request.add(keys.sample_mask, output_size)
     return request
 
 

@@ -280,3 +280,37 @@ def test_a_training_region_keeps_the_held_out_labels_out(tmp_path, gala_train, t
     outside = f"{{path='{data}', roi_offset_nm=[0, 0, 1500], roi_shape_nm=[500, 1000, 1000]}}"
     with pytest.raises(VolumeError, match="training region is not inside"):
         request_one_batch(tiny_gala_config(f"data.train=[{outside}]"))
+
+
+def test_a_few_labelled_sections_are_enough_to_train_on(gala_train, tiny_gala_config):
+    """A lab with five labelled sections fine-tunes on them: a training region thinner than
+    one network output is accepted, random locations put those sections into the network
+    output (not only into the context around it), and batches carry their labels only
+    (everything else is masked out of the loss)."""
+    from lsdflow.core.volumes import open_array
+
+    region = f"{{path='{gala_train}', roi_offset_nm=[200, 0, 0], roi_shape_nm=[50, 1000, 2000]}}"
+    config = tiny_gala_config(f"data.train=[{region}]", "training.min_masked=0.1")
+    labels = open_array(gala_train, "volumes/labels/neuron_ids")
+    in_sections = set(np.unique(labels[labels.roi][20:25]).tolist())
+    keys = TrainingKeys.for_outputs(config.model.outputs)
+    pipeline = build_training_pipeline(config, keys, precache=False)
+    assert keys.sample_at_output
+    output = Coordinate(config.model.output_shape) * Coordinate(config.data.voxel_size)
+    seen, weighted = set(), []
+    with gp.build(pipeline):
+        for seed in range(6):
+            request = make_request(config, keys, seed)
+            request.add(keys.labels, output)
+            batch = pipeline.request_batch(request)
+            labelled = batch[keys.labels].data
+            seen |= set(np.unique(labelled).tolist())
+            assert labelled.any(), seed  # every batch has labelled voxels in its output
+            weighted.append(float((batch[keys.weights["affs"]].data > 0).mean()))
+    assert seen <= in_sections | {0}, seen - in_sections
+    assert all(0 < w < 1 for w in weighted), weighted  # the labelled sections only
+
+    # a min_masked that the output cannot meet is refused, not looped on
+    with pytest.raises(ConfigError, match="of the network output"):
+        build_training_pipeline(tiny_gala_config(f"data.train=[{region}]", "training.min_masked=0.5"),
+                                TrainingKeys.for_outputs(config.model.outputs), precache=False)

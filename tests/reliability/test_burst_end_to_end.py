@@ -31,6 +31,8 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def test_a_burst_of_acquisitions_is_processed_exactly_once_end_to_end(tmp_path, gala_test, tiny_model):
+    """N acquisitions at once (4 in `make test`, 100 in `make test-burst`): N triggered runs,
+    one per acquisition, all created by the automation and completed; N segmentations."""
     landing = tmp_path / "landing"
     landing.mkdir()
     workspace = tmp_path / "workspace"
