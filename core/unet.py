@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .unet_geometry import Shape, UnetGeometry, _conv_crop, make_geometry  # noqa: F401 (re-exported)
+from .unet_geometry import Shape, conv_crop_of, make_geometry
+
 
 class ConvPass(nn.Sequential):
     def __init__(self, in_channels: int, out_channels: int, kernel_sizes: Sequence[Shape]):
@@ -84,7 +85,7 @@ class Unet(nn.Module):
         """Crop so that (size - conv crop) is a multiple of the total downsampling below."""
         g = self.geometry
         shape = x.shape[-g.dims :]
-        conv_crop = _conv_crop(g.kernel_size_up[level], g.dims)
+        conv_crop = conv_crop_of(g.kernel_size_up[level], g.dims)
         factor = self._crop_factors[level]
         target = tuple(
             math.floor((s - c) / f) * f + c for s, c, f in zip(shape, conv_crop, factor)

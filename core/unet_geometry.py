@@ -12,7 +12,7 @@ from dataclasses import dataclass
 Shape = tuple[int, ...]
 
 
-def _conv_crop(kernel_sizes: Sequence[Sequence[int]], dims: int) -> Shape:
+def conv_crop_of(kernel_sizes: Sequence[Sequence[int]], dims: int) -> Shape:
     """Voxels removed along each axis by a pass of valid convolutions."""
     return tuple(sum(k[d] - 1 for k in kernel_sizes) for d in range(dims))
 
@@ -46,7 +46,7 @@ class UnetGeometry:
         """Output size along one axis, or (0, reason) if `size` is not a valid input."""
         skips = []
         for level, factor in enumerate(self.downsample_factors):
-            size -= _conv_crop(self.kernel_size_down[level], self.dims)[axis]
+            size -= conv_crop_of(self.kernel_size_down[level], self.dims)[axis]
             if size <= 0:
                 return 0, f"nothing left after the convolutions of level {level}"
             if size % factor[axis] != 0:
@@ -56,13 +56,13 @@ class UnetGeometry:
                 )
             skips.append(size)
             size //= factor[axis]
-        size -= _conv_crop(self.kernel_size_down[-1], self.dims)[axis]
+        size -= conv_crop_of(self.kernel_size_down[-1], self.dims)[axis]
         if size <= 0:
             return 0, "nothing left at the bottom level"
         crop_factors = self.crop_factors()
         for level in reversed(range(self.num_levels - 1)):
             size *= self.downsample_factors[level][axis]
-            conv_crop = _conv_crop(self.kernel_size_up[level], self.dims)[axis]
+            conv_crop = conv_crop_of(self.kernel_size_up[level], self.dims)[axis]
             f = crop_factors[level][axis]
             n = math.floor((size - conv_crop) / f)
             size = n * f + conv_crop
