@@ -21,7 +21,7 @@ label-free quality estimate (affinity uncertainty, criterion value) is printed f
 region so that it can be compared with the true VOI. Prints tables and writes JSON.
 
     python benchmarks/quality_baselines.py [--config gala --config medulla]
-        [--model NAME=FILE ...] [--out FILE] [--cache DIR]
+        [--model NAME=FILE ...] [--out FILE] [--cache DIR] [--set SECTION.FIELD=VALUE ...]
 """
 
 from __future__ import annotations
@@ -45,7 +45,8 @@ from lsdflow.core.metrics import segmentation_scores
 from lsdflow.core.predict import predict_array
 from lsdflow.core.segment import agglomerate, fragments_from_affinities
 from lsdflow.core.threshold_selection import affinity_uncertainty, choose, criteria, score_thresholds
-from lsdflow.core.volumes import intensity_stats, open_array, voxel_slices
+from lsdflow.core.checkpoints import input_normalization
+from lsdflow.core.volumes import open_array, voxel_slices
 
 ROOT = Path(__file__).resolve().parents[1]
 H_VALUES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
@@ -122,10 +123,11 @@ def _cached(cache: Path | None, key: list, compute) -> dict:
 
 
 def dataset_results(config_name: str, models: dict[str, Path], cache: Path | None = None,
-                    carried: dict[str, float] | None = None) -> dict:
+                    carried: dict[str, float] | None = None, overrides: list[str] | None = None) -> dict:
     """`carried`: per model, a threshold chosen on another dataset's validation region
-    (what a new acquisition without labels gets when thresholds are carried over)."""
-    config = load_config(config_name)
+    (what a new acquisition without labels gets when thresholds are carried over);
+    `overrides`: `section.field=value` settings for the config (e.g. the normalization)."""
+    config = load_config(config_name, overrides)
     validation, test = config.data.validation[0], config.data.test[0]
     assert validation.path == test.path, "the benchmark expects both regions in one volume"
     box = _box(config, [validation, test])
@@ -134,7 +136,6 @@ def dataset_results(config_name: str, models: dict[str, Path], cache: Path | Non
     raw, gt = raw_array[box], labels_array[box]
     regions = {name: voxel_slices(v.roi, box, raw_array.voxel_size) for name, v in
                (("validation", validation), ("test", test))}
-    mean, std = intensity_stats(raw_array)
     input_shape, output_shape = config.prediction_shapes
     available = criteria(config.model.affinity_neighborhood, config.training.lsd_sigma_nm, config.data.voxel_size,
                          config.training.lsd_downsample)
@@ -146,10 +147,13 @@ def dataset_results(config_name: str, models: dict[str, Path], cache: Path | Non
         model, meta = load_model(path)
         print(f"{config_name}: {name}: {path} ({describe_model(meta)})", flush=True)
         kind = ModelConfig.model_validate(meta["config"]["model"])
-        outputs = _cached(cache, [config_name, str(Path(path).resolve()), Path(path).stat().st_mtime_ns, str(box),
-                                  config.prediction.test_time_augmentation, input_shape],
+        normalization = config.prediction.normalization
+        key = [config_name, str(Path(path).resolve()), Path(path).stat().st_mtime_ns, str(box),
+               config.prediction.test_time_augmentation, input_shape]
+        outputs = _cached(cache, key + ([normalization] if normalization != "zscore" else []),
                           lambda: dict(zip(kind.outputs, predict_array(
-                              model, raw / 255.0, input_shape, output_shape, mean, std,
+                              model, raw / 255.0, input_shape, output_shape,
+                              input_normalization(raw_array, normalization, path, meta),
                               augment=config.prediction.test_time_augmentation))))
         lsds, affs = outputs.get("lsds"), outputs["affs"]
         segmentations = post_process(affs, config)
@@ -226,13 +230,15 @@ def main() -> None:
                         help="a model file to score (repeatable; default: the shipped gala champion)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality_baselines.json")
     parser.add_argument("--cache", type=Path, help="keep predictions here and reuse them on the next run")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a setting of every config, e.g. prediction.normalization=\"match_training\"")
     args = parser.parse_args()
     models = dict(m.split("=", 1) for m in args.model) or {
         "gala champion": str(load_config("gala").prediction.checkpoint)}
     report = {}
     for name in args.config or ["gala", "medulla"]:
         carried = {m: c["validation"] for m, c in report["gala"]["choices"].items()} if "gala" in report else None
-        report[name] = dataset_results(name, {k: Path(v) for k, v in models.items()}, args.cache, carried)
+        report[name] = dataset_results(name, {k: Path(v) for k, v in models.items()}, args.cache, carried, args.set)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=float))
     print(f"wrote {args.out}")

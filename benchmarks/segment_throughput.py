@@ -21,7 +21,8 @@ from lsdflow.core.checkpoints import load_model
 from lsdflow.core.config import load_config
 from lsdflow.core.predict import predict_array
 from lsdflow.core.segment import agglomerate, fragments_from_affinities, quiet_stdout, scoring_function
-from lsdflow.core.volumes import intensity_stats, open_array
+from lsdflow.core.intensity import Normalization, intensity_stats
+from lsdflow.core.volumes import open_array
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,8 +44,8 @@ def main() -> None:
     config = load_config("gala")
     raw_array = open_array(config.data.test[0].path, config.data.raw_dataset)
     model, _ = load_model(config.prediction.checkpoint)
-    mean, std = intensity_stats(raw_array)
-    _, affs = predict_array(model, raw_array[raw_array.roi] / 255.0, *config.prediction_shapes, mean, std)
+    normalization = Normalization(*intensity_stats(raw_array))
+    _, affs = predict_array(model, raw_array[raw_array.roi] / 255.0, *config.prediction_shapes, normalization)
     affs = np.ascontiguousarray(affs, dtype=np.float32)
     thresholds = config.segmentation.thresholds
     merge = config.segmentation.merge_function

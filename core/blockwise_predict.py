@@ -19,7 +19,7 @@ from .blockwise import BlockProcessor, RunSettings, Stage, grid_blocks, run_stag
 from .output_lock import output_lock
 from .input_checks import check_finite, check_not_constant, check_writable
 from .staged_arrays import OutputArray, StagedArrays, committed_fingerprint, stage_key
-from .volumes import VolumeError, container_identity, dataset_fingerprint, intensity_stats, open_array, voxel_slices
+from .volumes import VolumeError, container_identity, dataset_fingerprint, open_array, voxel_slices
 
 CODE_VERSION = "blockwise-predict-1"
 
@@ -42,7 +42,7 @@ def worker_device() -> str:
 
 class PredictBlock(BlockProcessor):
     def __init__(self, container, raw_dataset, model_file, outputs: dict[str, str], input_shape, output_shape,
-                 block_size, mean, std, dtype, batch_size, device=None, empty_dir=None, augment=False):
+                 block_size, normalization, dtype, batch_size, device=None, empty_dir=None, augment=False):
         self.container = str(container)
         self.raw_dataset = raw_dataset
         self.model_file = str(model_file)
@@ -50,8 +50,7 @@ class PredictBlock(BlockProcessor):
         self.input_shape = tuple(input_shape)
         self.output_shape = tuple(output_shape)
         self.block_size = Coordinate(block_size)
-        self.mean = mean
-        self.std = std
+        self.normalization = normalization  # core.intensity.Normalization: the same for every block
         self.dtype = dtype
         self.batch_size = batch_size
         self.device = device
@@ -85,7 +84,7 @@ class PredictBlock(BlockProcessor):
         scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
         normalized = np.zeros(tuple(full.shape / vs), dtype=np.float32)  # 0 = the mean
         where = voxel_slices(inside, full, vs)
-        normalized[where] = (raw.astype(np.float32) / scale - self.mean) / self.std
+        normalized[where] = self.normalization(raw.astype(np.float32) / scale)
         results = predict_with_context(
             self._h_model, normalized, self.input_shape, self.output_shape, self.batch_size, self._h_device,
             augment=self.augment,
@@ -162,7 +161,7 @@ def predict_blockwise(
     extra_attrs: dict | None = None,
 ) -> dict:
     """Predict `volumes/pred_<output>` for the whole raw ROI block by block (see module doc)."""
-    from .checkpoints import load_model
+    from .checkpoints import input_normalization, load_model
     from .config import check_voxel_size
     from .predict import context_margin, prediction_attrs
 
@@ -183,11 +182,12 @@ def predict_blockwise(
     block_size = block_voxels * vs
     augment = config.prediction.test_time_augmentation
     context = Coordinate(context_margin(model, input_shape, output_shape, augment)) * vs
-    mean, std = intensity_stats(raw)
-    if std <= 1e-6:  # the sampled chunks are all of one intensity: look further before refusing
+    normalization = input_normalization(raw, config.prediction.normalization, model_file, meta)
+    if normalization.std <= 1e-6:  # the sampled chunks are all of one intensity: look further before refusing
         check_not_constant(*_intensity_range(raw._source_data), f"{container}/{config.data.raw_dataset}")
     attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
     attrs["test_time_augmentation"] = augment
+    attrs["normalization"] = normalization.kind
     attrs.update(extra_attrs or {})  # e.g. the registered model's lineage
     probe = {name: channels for name, channels in zip(model.outputs, _output_channels(model, input_shape))}
     key = _prediction_key(config, container, model_file, input_shape, output_shape, dtype, block_size, extra_attrs)
@@ -207,7 +207,7 @@ def predict_blockwise(
             "predict", raw.roi, block_size, context,
             PredictBlock(container, config.data.raw_dataset, model_file.resolve(),
                          {name: partials[f"volumes/pred_{name}"] for name in probe}, input_shape, output_shape,
-                         block_size, mean, std, dtype, config.prediction.batch_size, device, empty_dir, augment),
+                         block_size, normalization, dtype, config.prediction.batch_size, device, empty_dir, augment),
             staged.tracking_dir,
             skip_mask=empty_block_mask(raw, raw.roi, block_size, mask),
             log_dir=container / ".lsdflow" / "logs" / "predict",
@@ -227,6 +227,8 @@ def _prediction_key(config, container, model_file, input_shape, output_shape, dt
         model=_file_sha256(Path(model_file)), input_shape=tuple(input_shape), output_shape=tuple(output_shape),
         dtype=dtype, block=tuple(block_size), mask=config.blockwise.mask_dataset, lineage=lineage or {},
         augment=config.prediction.test_time_augmentation,
+        # z-scoring was the only normalization before there was a choice: its keys stay as they were
+        **({} if config.prediction.normalization == "zscore" else {"normalization": config.prediction.normalization}),
     )
 
 

@@ -71,7 +71,9 @@ def export_model(
 def write_model_file(
     state_dict: dict[str, torch.Tensor], config: LsdflowConfig, out: str | os.PathLike, iteration: int, **extra: Any
 ) -> Path:
-    """The portable model file format: weights + resolved config (+ `extra` plain data)."""
+    """The portable model file format: weights + resolved config + the intensity
+    distribution of the training data (`intensity_reference`, when the training volumes
+    can be read; see core/intensity.py) (+ `extra` plain data)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -80,11 +82,50 @@ def write_model_file(
         "config": config.model_dump(mode="json"),
         "iteration": iteration,
         "config_fingerprint": config.fingerprint(),
+        "intensity_reference": training_intensity_reference(config),
         **extra,
     }
     with replacing(out) as tmp:
         torch.save(payload, tmp)
     return out
+
+
+def training_intensity_reference(config: LsdflowConfig) -> list[float] | None:
+    """The z-scored intensity quantiles of `config`'s training volumes, None when one of
+    them cannot be read (e.g. a config moved to another machine)."""
+    from .intensity import training_reference
+    from .volumes import VolumeError, open_array
+
+    try:
+        volumes = [(open_array(v.path, config.data.raw_dataset), v.roi) for v in config.data.train]
+    except (VolumeError, OSError, KeyError, ValueError):
+        return None
+    return training_reference(volumes) if volumes else None
+
+
+def intensity_reference(path: str | os.PathLike, meta: dict[str, Any]) -> list[float]:
+    """The training intensity distribution of the model at `path`: the one its file
+    carries, else the one of the training volumes its config names."""
+    if meta.get("intensity_reference"):
+        return list(meta["intensity_reference"])
+    try:
+        config = LsdflowConfig.model_validate(meta["config"])
+    except (KeyError, TypeError, ValueError):
+        config = None
+    reference = training_intensity_reference(config) if config is not None else None
+    if not reference:
+        raise ModelFileError(
+            f"{path}: prediction.normalization = \"match_training\" needs the model's training intensities "
+            f"(intensity_reference), which this file does not carry and its training volumes cannot be read; "
+            f"export the model again where its training data is, or use prediction.normalization = \"zscore\"")
+    return reference
+
+
+def input_normalization(array, kind: str, path: str | os.PathLike, meta: dict[str, Any]):
+    """How the raw `array` becomes input of the model at `path` (core/intensity.py)."""
+    from .intensity import normalization_for
+
+    return normalization_for(array, kind, intensity_reference(path, meta) if kind == "match_training" else None)
 
 
 def describe_model(meta: dict[str, Any]) -> str:

@@ -276,6 +276,10 @@ class PredictionConfig(_Strict):
     test_time_augmentation: bool = Field(
         False, description="average the predictions of the 8 mirrorings of the input (8x the compute)"
     )
+    normalization: Literal["zscore", "match_training"] = Field(
+        "zscore", description="raw intensities to network input: z-scored per volume, or first matched to the "
+        "intensity distribution of the model's training data (histogram matching; core/intensity.py)"
+    )
 
 
 class SegmentationConfig(_Strict):

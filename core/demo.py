@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .affinities import affinity_quality
-from .checkpoints import describe_model, export_model, load_model
+from .checkpoints import describe_model, export_model, input_normalization, load_model
 from .config import LsdflowConfig, load_config
 from .evaluate import evaluate_volume, format_scores
 from .models import build_model
@@ -23,7 +23,7 @@ from .plots import plot_affinity_slices
 from .predict import predict_array
 from .train import train
 from .validation import score_model
-from .volumes import intensity_stats, open_array, voxel_slices
+from .volumes import open_array, voxel_slices
 
 
 def run_demo(
@@ -57,7 +57,7 @@ def run_demo(
     region = volume.roi if volume.roi is not None else raw_array.roi
     labels = labels_array[region]
     inside = voxel_slices(region, raw_array.roi, raw_array.voxel_size)
-    mean, std = intensity_stats(raw_array)
+    normalization = input_normalization(raw_array, config.prediction.normalization, model_file, meta)
     scale = 255.0 if raw.dtype.kind == "u" and raw.dtype.itemsize == 1 else 1.0
     m = config.model
     input_shape, output_shape = config.prediction_shapes
@@ -66,7 +66,7 @@ def run_demo(
     for name, net in (("pretrained", model), ("untrained", _untrained(config))):
         began = time.perf_counter()
         outputs = predict_array(
-            net, raw / scale, input_shape, output_shape, mean, std,
+            net, raw / scale, input_shape, output_shape, normalization,
             batch_size=config.prediction.batch_size, progress=progress and name == "pretrained",
         )
         affs = outputs[net.outputs.index("affs")][(slice(None),) + inside]

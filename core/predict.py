@@ -7,6 +7,7 @@ input tiles whose outputs tile the volume, and run in batches on `cuda` when ava
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,15 +30,15 @@ def predict_array(
     raw: np.ndarray,
     input_shape: tuple[int, int, int],
     output_shape: tuple[int, int, int],
-    mean: float,
-    std: float,
+    normalization: Callable[[np.ndarray], np.ndarray],
     batch_size: int = 1,
     device: str | None = None,
     progress: bool = False,
     augment: bool = False,
 ) -> tuple[np.ndarray, ...]:
-    """Predict every output of `model` for every voxel of `raw` (already scaled to [0, 1]);
-    `augment`: average over the 8 mirrorings (see `test_time_augmentation`).
+    """Predict every output of `model` for every voxel of `raw` (already scaled to [0, 1]),
+    made network input by `normalization` (core/intensity.py); `augment`: average over the
+    8 mirrorings (see `test_time_augmentation`).
 
     Returns one float32 array (channels, z, y, x) per model output, covering `raw`."""
     context = context_margin(model, input_shape, output_shape, augment)
@@ -46,7 +47,7 @@ def predict_array(
     padded_shape = tuple(max(s, o) for s, o in zip(shape, output_shape))
     # padding value 0 = the volume's mean intensity, as gunpowder's Pad does in training
     padded = np.zeros(tuple(p + 2 * c for p, c in zip(padded_shape, context)), dtype=np.float32)
-    padded[tuple(slice(c, c + s) for c, s in zip(context, shape))] = (raw.astype(np.float32) - mean) / std
+    padded[tuple(slice(c, c + s) for c, s in zip(context, shape))] = normalization(raw)
     outputs = predict_with_context(model, padded, input_shape, output_shape, batch_size, device, progress, augment)
     crop = (slice(None),) + tuple(slice(0, s) for s in shape)
     return tuple(o[crop] for o in outputs)
@@ -164,10 +165,10 @@ def predict_volume(
     written beside its final place and renamed in, so a failure loses nothing."""
     from pathlib import Path
 
-    from .checkpoints import load_model
+    from .checkpoints import input_normalization, load_model
     from .config import check_voxel_size
     from .input_checks import check_finite, check_not_constant, check_writable
-    from .volumes import intensity_stats, open_array, write_array
+    from .volumes import open_array, write_array
 
     container = Path(container)
     output = Path(output) if output else container
@@ -181,16 +182,17 @@ def predict_volume(
     check_finite(raw, f"{container}/{config.data.raw_dataset}")
     check_not_constant(float(raw.min()), float(raw.max()), f"{container}/{config.data.raw_dataset}")
     scale = float(np.iinfo(raw.dtype).max) if np.issubdtype(raw.dtype, np.integer) else 1.0
-    mean, std = intensity_stats(raw_array)
+    normalization = input_normalization(raw_array, config.prediction.normalization, model_file, meta)
     # the model file defines the network; the config the data and the prediction tile
     input_shape, output_shape = config.with_model(model.config).prediction_shapes
     outputs = predict_array(
-        model, raw / scale, input_shape, output_shape, mean, std,
+        model, raw / scale, input_shape, output_shape, normalization,
         batch_size=config.prediction.batch_size, device=device, progress=progress,
         augment=config.prediction.test_time_augmentation,
     )
     attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
     attrs["test_time_augmentation"] = config.prediction.test_time_augmentation
+    attrs["normalization"] = normalization.kind
     attrs.update(extra_attrs or {})  # e.g. the registered model's lineage
     written = {}
     for name, data in zip(model.outputs, outputs):

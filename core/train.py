@@ -31,7 +31,8 @@ from .checkpoints import latest_checkpoint, save_training_checkpoint
 from .config import ConfigError, LsdflowConfig, ModelConfig, VolumeRef, check_voxel_size
 from .losses import MultiTaskWeightedMSELoss
 from .models import build_model
-from .volumes import VolumeError, intensity_stats, normalization_factor, open_array
+from .intensity import intensity_stats, normalization_factor
+from .volumes import VolumeError, open_array
 
 logger = logging.getLogger(__name__)
 

@@ -107,44 +107,6 @@ def voxel_slices(roi: Roi, within: Roi, voxel_size) -> tuple[slice, ...]:
     return tuple(slice(b, b + s) for b, s in zip(begin, roi.shape / Coordinate(voxel_size)))
 
 
-def intensity_stats(array: Array, max_chunks: int = 64, seed: int = 0) -> tuple[float, float]:
-    """Mean and standard deviation of raw intensities, scaled to [0, 1] for integer data.
-
-    Estimated from up to `max_chunks` random chunks so it stays cheap on terabyte
-    volumes; used to z-score each volume, because acquisitions differ in contrast."""
-    data = array._source_data
-    shape = np.array(data.shape)
-    chunks = np.array(data.chunks)
-    grid = np.ceil(shape / chunks).astype(int)
-    n_chunks = int(np.prod(grid))
-    rng = np.random.default_rng(seed)
-    picks = rng.choice(n_chunks, size=min(max_chunks, n_chunks), replace=False)
-    total = 0.0
-    total_sq = 0.0
-    count = 0
-    for index in picks:
-        start = np.array(np.unravel_index(index, grid)) * chunks
-        stop = np.minimum(start + chunks, shape)
-        block = np.asarray(data[tuple(slice(a, b) for a, b in zip(start, stop))], dtype=np.float64)
-        total += block.sum()
-        total_sq += np.square(block).sum()
-        count += block.size
-    mean = total / count
-    std = float(np.sqrt(max(total_sq / count - mean**2, 0.0)))
-    scale = _intensity_scale(data.dtype)
-    return float(mean / scale), max(std / scale, 1e-6)
-
-
-def _intensity_scale(dtype) -> float:
-    dtype = np.dtype(dtype)
-    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
-
-
-def normalization_factor(dtype) -> float:
-    """The factor gunpowder's Normalize applies: integer data to [0, 1]."""
-    return 1.0 / _intensity_scale(dtype)
-
-
 def write_array(
     container: str | os.PathLike,
     dataset: str,

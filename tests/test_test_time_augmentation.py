@@ -63,7 +63,7 @@ def test_augmented_prediction_of_a_network_covers_the_volume(gala_test):
     from lsdflow.core.config import load_config
     from lsdflow.core.models import build_model
     from lsdflow.core.predict import predict_array
-    from lsdflow.core.volumes import intensity_stats
+    from lsdflow.core.intensity import Normalization, intensity_stats
 
     from .conftest import TINY_NET
 
@@ -73,8 +73,8 @@ def test_augmented_prediction_of_a_network_covers_the_volume(gala_test):
     shapes = config.model.input_shape, config.model.output_shape
     raw_array = open_array(gala_test, "volumes/raw")
     raw = raw_array[raw_array.roi][:12, :12, :12] / 255.0
-    mean, std = intensity_stats(raw_array)
-    plain_lsds, plain_affs = predict_array(model, raw, *shapes, mean, std, device="cpu")
-    lsds, affs = predict_array(model, raw, *shapes, mean, std, device="cpu", augment=True)
+    normalization = Normalization(*intensity_stats(raw_array))
+    plain_lsds, plain_affs = predict_array(model, raw, *shapes, normalization, device="cpu")
+    lsds, affs = predict_array(model, raw, *shapes, normalization, device="cpu", augment=True)
     assert affs.shape == plain_affs.shape and lsds.shape == plain_lsds.shape
     assert affs.min() >= 0 and affs.max() <= 1 and 0 < np.abs(affs - plain_affs).mean() < 0.1
