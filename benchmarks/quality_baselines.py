@@ -122,6 +122,32 @@ def _cached(cache: Path | None, key: list, compute) -> dict:
     return result
 
 
+def training_time(path: Path) -> dict | None:
+    """For a training checkpoint (`<workspace>/checkpoints/model_checkpoint_N`): iterations
+    trained since the run's first checkpoint (its start: `--init-from` or 0), and the wall
+    time estimated from the run's training_log.csv (one iteration timed every log_every;
+    mean and median seconds per iteration). None for other model files."""
+    import csv
+    import re
+
+    match = re.fullmatch(r"model_checkpoint_(\d+)", Path(path).name)
+    log = Path(path).parent.parent / "training_log.csv"
+    if not match or not log.is_file():
+        return None
+    upto = int(match.group(1))
+    with open(log) as f:
+        rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= upto]
+    if not rows:
+        return None
+    first = min(int(m.group(1)) for p in Path(path).parent.glob("model_checkpoint_*")
+                if (m := re.fullmatch(r"model_checkpoint_(\d+)", p.name)))
+    seconds = np.array([float(r["seconds_per_iteration"]) for r in rows])
+    iterations = upto - first
+    return {"iterations": iterations, "from": first, "seconds_per_iteration_mean": float(seconds.mean()),
+            "seconds_per_iteration_median": float(np.median(seconds)),
+            "wall_hours": float(seconds.mean() * iterations / 3600)}
+
+
 def dataset_results(config_name: str, models: dict[str, Path], cache: Path | None = None,
                     carried: dict[str, float] | None = None, overrides: list[str] | None = None) -> dict:
     """`carried`: per model, a threshold chosen on another dataset's validation region
@@ -235,7 +261,12 @@ def main() -> None:
     args = parser.parse_args()
     models = dict(m.split("=", 1) for m in args.model) or {
         "gala champion": str(load_config("gala").prediction.checkpoint)}
-    report = {}
+    report = {"training": {name: training_time(Path(path)) for name, path in models.items()}}
+    for name, t in report["training"].items():
+        if t:
+            print(f"training {name}: {t['iterations']} iterations from {t['from']}, {t['wall_hours']:.2f} h on this "
+                  f"machine ({t['seconds_per_iteration_mean']:.2f} s/it mean, "
+                  f"{t['seconds_per_iteration_median']:.2f} median: the machine was shared)")
     for name in args.config or ["gala", "medulla"]:
         carried = {m: c["validation"] for m, c in report["gala"]["choices"].items()} if "gala" in report else None
         report[name] = dataset_results(name, {k: Path(v) for k, v in models.items()}, args.cache, carried, args.set)

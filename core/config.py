@@ -215,6 +215,10 @@ class AugmentConfig(_Strict):
     transpose_axes: list[int] | None = None
     intensity_scale: tuple[float, float] = (0.9, 1.1)
     intensity_shift: tuple[float, float] = (-0.1, 0.1)
+    blur_sigma_nm: tuple[float, float] = Field(
+        (0.0, 0.0), description="Gaussian blur of the raw data, sigma drawn per batch in this range (nm; within "
+        "sections for anisotropic data); (0, 0): none. For acquisitions softer than the training data")
+    blur_probability: float = Field(0.5, ge=0, le=1, description="share of batches blurred")
 
     def resolved(self, data: DataConfig) -> AugmentConfig:
         """Fill in resolution-aware defaults: anisotropic data is deformed and transposed

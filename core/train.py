@@ -31,6 +31,7 @@ from .checkpoints import latest_checkpoint, save_training_checkpoint
 from .config import ConfigError, LsdflowConfig, ModelConfig, VolumeRef, check_voxel_size
 from .losses import MultiTaskWeightedMSELoss
 from .models import build_model
+from .blur_augment import BlurAugment
 from .intensity import intensity_stats, normalization_factor
 from .volumes import VolumeError, open_array
 
@@ -246,6 +247,8 @@ def build_training_pipeline(
         z_section_wise=anisotropic,
         clip=False,  # data are z-scored, not in [0, 1]
     )
+    if aug.blur_sigma_nm[1] > 0:
+        pipeline += BlurAugment(keys.raw, aug.blur_sigma_nm, aug.blur_probability, in_plane_only=anisotropic)
     if t.grow_boundary_steps > 0:
         pipeline += gp.GrowBoundary(
             keys.labels, mask=keys.labels_mask, steps=t.grow_boundary_steps, only_xy=anisotropic

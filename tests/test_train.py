@@ -314,3 +314,36 @@ def test_a_few_labelled_sections_are_enough_to_train_on(gala_train, tiny_gala_co
     with pytest.raises(ConfigError, match="of the network output"):
         build_training_pipeline(tiny_gala_config(f"data.train=[{region}]", "training.min_masked=0.5"),
                                 TrainingKeys.for_outputs(config.model.outputs), precache=False)
+
+
+def test_blur_augmentation_softens_the_raw_data_and_nothing_else(tiny_gala_config, gala_train):
+    """Sized from what differs between acquisitions (docs/training.md): the same region with
+    and without the node has the same mean and spread and less fine detail; the training
+    pipeline takes it from the config."""
+    from funlib.persistence import open_ds
+    from scipy import ndimage
+
+    from lsdflow.core.blur_augment import BlurAugment
+
+    def fine_detail(raw):
+        return float((raw - ndimage.gaussian_filter(raw, 1.0)).std())
+
+    raw_key = gp.ArrayKey("RAW")
+    source = gp.ArraySource(raw_key, open_ds(str(gala_train / "volumes/raw")), interpolatable=True)
+    region = gp.Roi((100, 200, 400), (240, 400, 400))
+    batches = []
+    for blur in (False, True):
+        pipeline = source + gp.Normalize(raw_key)
+        if blur:
+            pipeline += BlurAugment(raw_key, (8.0, 8.0), p=1.0)
+        with gp.build(pipeline):
+            request = gp.BatchRequest()
+            request[raw_key] = gp.ArraySpec(roi=region)
+            batches.append(pipeline.request_batch(request)[raw_key].data)
+    plain, blurred = batches
+    assert blurred.mean() == pytest.approx(plain.mean(), abs=1e-4) and blurred.std() == pytest.approx(plain.std(), rel=1e-3)
+    assert fine_detail(blurred) < 0.7 * fine_detail(plain)
+
+    keys, batch = request_one_batch(
+        tiny_gala_config("training.augment.blur_sigma_nm=[4, 10]", "training.augment.blur_probability=1.0"))
+    assert np.isfinite(batch[keys.raw].data).all() and 0.3 < float(batch[keys.raw].data.std()) < 3
