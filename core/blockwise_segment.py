@@ -1,13 +1,14 @@
 """Segmentation of large volumes block by block: fragments → agglomerate → find segments
 → relabel, each stage a `process_block` for the one runner in `blockwise.py`.
 
-- fragments: watershed in each block with context, cropped to the block; ids are unique
-  across blocks (block index × voxels per block + a local id); one node per fragment
-  (center in nm, size) in the graph store.
-- agglomerate: waterz in each block with context over the fragments, up to threshold 1
-  so that any threshold can be chosen later; every region-graph edge owned by the block
-  (its smaller fragment id lies in the block) gets the score at which waterz joined its
-  fragments (`merge_history.py`), NaN if never.
+- fragments: watershed in each block with context, cropped to the block; each fragment is
+  named after its deepest voxel (`global_fragment_ids`), so the pieces of a fragment cut by
+  a block face get the same id; one node per fragment and block (its part's center in nm
+  and size) in the graph store.
+- agglomerate: each block stores the boundary statistics of the voxel pairs it owns;
+  then the whole region graph is merged in one process, as waterz would merge it in
+  memory (`region_merging.py`), up to threshold 1 so that any threshold can be chosen
+  later; every edge gets the score at which its fragments were joined, NaN if never.
 - find segments: connected components per threshold over the whole graph → LUTs.
 - relabel: LUT applied to the fragments, boundary voxels filled per block with context.
 
@@ -25,18 +26,20 @@ from pathlib import Path
 
 import numpy as np
 from funlib.geometry import Coordinate
+from scipy import ndimage
 
 from .blockwise import BlockProcessor, RunSettings, Stage, block_index, run_stage
 from .find_segments import LutMapper, read_lut, segment_luts, write_luts
 from .graphstore import Edges, Nodes, credentials_to_environment, default_graph_url, open_graph_store, redact, sample_name
-from .merge_history import edge_merge_scores, region_adjacency
-from .segment import as_float_affinities, fill_boundaries, fragments_from_affinities, quiet_stdout, scoring_function
+from .region_merging import boundary_statistics, edge_scores
+from .segment import as_float_affinities, fill_boundaries, fragments_with_depth, scoring_function
 from .output_lock import output_lock
 from .input_checks import check_thresholds, check_writable
 from .staged_arrays import OutputArray, StagedArrays, committed_fingerprint, stage_key
 from .volumes import VolumeError, container_identity, dataset_fingerprint, open_array, voxel_slices
 
-CODE_VERSION = "blockwise-segment-3"  # bump when a stage's results change
+CODE_VERSION = "blockwise-segment-4"  # bump when a stage's results change
+EDGES_PER_ROW = 1_000_000  # merged edges are stored in rows (SQLite) / blocks (MongoDB) of this many
 
 
 class _GraphBlock(BlockProcessor):
@@ -73,36 +76,54 @@ class FragmentsBlock(_GraphBlock):
         affs = as_float_affinities(self._h_affs[read_roi][:3])
         if not np.isfinite(affs).all():
             raise VolumeError(f"{self.container}/{self.affs_dataset}: NaN or infinite affinities in {read_roi}")
-        fragments = fragments_from_affinities(
-            affs, self.fragments_in_xy, self.min_seed_distance, self.filter_fragments
-        )[voxel_slices(block.write_roi, read_roi, vs)]
-        index = block_index(block.write_roi, self.total_roi, self.block_size)
-        ids, local = np.unique(fragments, return_inverse=True)
-        local = local.reshape(fragments.shape).astype(np.uint64)
-        if ids[0] != 0:
-            local += 1
-        base = np.uint64(index) * np.uint64(np.prod(self.block_size / vs))
-        unique_ids = np.where(local > 0, local + base, 0).astype(np.uint64)
+        fragments, depth = fragments_with_depth(affs, self.fragments_in_xy, self.min_seed_distance, self.filter_fragments)
+        unique_ids = global_fragment_ids(fragments, depth, read_roi, self.total_roi, vs)
+        unique_ids = unique_ids[voxel_slices(block.write_roi, read_roi, vs)]
         self._h_fragments[block.write_roi] = unique_ids
-        # nodes: size and center (nm) of every fragment in the block
-        labelled = local > 0
-        n = int(local.max())
-        flat = local[labelled].astype(np.int64)
-        sizes = np.bincount(flat, minlength=n + 1)[1:]
+        # nodes: size and center (nm) of each fragment's part in this block
+        ids, local = np.unique(unique_ids, return_inverse=True)
+        local = local.reshape(unique_ids.shape)
+        labelled = unique_ids > 0
+        flat = local[labelled]
+        sizes = np.bincount(flat, minlength=len(ids))
         coordinates = np.nonzero(labelled)
         centers = np.stack(
-            [np.bincount(flat, weights=c, minlength=n + 1)[1:] for c in coordinates], axis=1
+            [np.bincount(flat, weights=c, minlength=len(ids)) for c in coordinates], axis=1
         ) / np.maximum(sizes, 1)[:, None]
         centers = centers * np.array(vs) + np.array(block.write_roi.begin)
-        node_ids = np.arange(1, n + 1, dtype=np.uint64) + base
-        self._h_store.write_nodes(index, Nodes(node_ids, centers, sizes.astype(np.int64)))
+        keep = ids > 0
+        index = block_index(block.write_roi, self.total_roi, self.block_size)
+        self._h_store.write_nodes(index, Nodes(ids[keep], centers[keep], sizes[keep].astype(np.int64)))
 
 
-class AgglomerateBlock(_GraphBlock):
-    def __init__(self, container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size,
-                 merge_function):
-        super().__init__(container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size)
-        self.merge_function = merge_function
+def global_fragment_ids(fragments: np.ndarray, depth: np.ndarray, roi, total_roi, voxel_size) -> np.ndarray:
+    """Ids that blocks agree on: each fragment is named after its deepest voxel (farthest
+    from a boundary, ties broken by a fixed per-voxel jitter), as 1 + that voxel's index in
+    the whole volume. A fragment cut by a block face is the same fragment in the blocks on
+    both sides when both watersheds flood it from the same core, and then gets the same
+    id there: the pieces are stitched without a merge decision, as in memory."""
+    labels = np.unique(fragments)
+    labels = labels[labels != 0]
+    out = np.zeros(fragments.shape, dtype=np.uint64)
+    if not len(labels):
+        return out
+    offset = np.array((roi.begin - total_roi.begin) / voxel_size, dtype=np.int64)
+    shape = tuple(total_roi.shape / voxel_size)
+    # depths tie along a neurite (a ridge of equal distances); a fixed jitter per voxel of the
+    # volume, far below the gaps between distinct depths, picks the same voxel in every block
+    grid = np.ix_(*(np.arange(o, o + n) for o, n in zip(offset, fragments.shape)))
+    index = np.ravel_multi_index(grid, shape).astype(np.uint64)
+    jitter = ((index * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)).astype(np.float64) / 2.0**24
+    deepest = np.array(ndimage.maximum_position(depth + 1e-3 * jitter, fragments, labels), dtype=np.int64).reshape(-1, 3)
+    names = np.ravel_multi_index(tuple((deepest + offset).T), shape).astype(np.uint64) + 1
+    lookup = np.zeros(int(fragments.max()) + 1, dtype=np.uint64)
+    lookup[labels.astype(np.int64)] = names
+    return lookup[fragments.astype(np.int64)]
+
+
+class BoundaryStatisticsBlock(_GraphBlock):
+    """The statistics of the voxel pairs a block owns (`region_merging.boundary_statistics`):
+    additive, so the whole graph can be agglomerated as one (`BlockwiseSegmentation.agglomerate`)."""
 
     def setup(self):
         self._h_affs = open_array(self.container, self.affs_dataset)
@@ -110,42 +131,14 @@ class AgglomerateBlock(_GraphBlock):
         self._h_store = open_graph_store(self.graph_url, self.sample)
 
     def process(self, block):
-        import waterz
-
         vs = self._h_affs.voxel_size
         index = block_index(block.write_roi, self.total_roi, self.block_size)
+        # the context reaches one voxel below the block: the pairs across its lower faces
         read_roi = block.read_roi.intersect(self._h_affs.roi)
         affs = as_float_affinities(self._h_affs[read_roi][:3])
         fragments = self._h_fragments[read_roi]
-        owned = np.unique(fragments[voxel_slices(block.write_roi, read_roi, vs)])
-        owned = owned[owned != 0]
-        edges = Edges.empty()
-        if len(owned):
-            ids, consecutive = np.unique(fragments, return_inverse=True)
-            consecutive = consecutive.reshape(fragments.shape).astype(np.uint64)
-            shift = 1 if ids[0] != 0 else 0
-            consecutive += np.uint64(shift)
-            # consecutive label -> original id
-            original = np.concatenate([np.zeros(1, np.uint64), ids]) if shift else ids
-            rag = region_adjacency(consecutive)
-            with quiet_stdout():
-                # up to threshold 1: every threshold can be chosen later from the scores
-                history = [
-                    (m["a"], m["b"], m["score"])
-                    for _, merges in waterz.agglomerate(
-                        affs, [1.0], fragments=consecutive, scoring_function=scoring_function(self.merge_function),
-                        discretize_queue=256, return_merge_history=True,
-                    )
-                    for m in merges
-                ]
-            if len(rag):
-                scores = edge_merge_scores(rag[:, 0], rag[:, 1], history)
-                u = original[rag[:, 0]].astype(np.uint64)
-                v = original[rag[:, 1]].astype(np.uint64)
-                u, v = np.minimum(u, v), np.maximum(u, v)
-                keep = (u != 0) & np.isin(u, owned)
-                edges = Edges(u[keep], v[keep], scores[keep])
-        self._h_store.write_edges(self.merge_function, index, edges)
+        statistics = boundary_statistics(affs, fragments, voxel_slices(block.write_roi, read_roi, vs))
+        self._h_store.write_statistics(index, statistics)
 
 
 class RelabelBlock(BlockProcessor):
@@ -222,17 +215,20 @@ class BlockwiseSegmentation:
         self.roi, self.voxel_size = affs.roi, affs.voxel_size
         block_nm, context_nm = config.segmentation_blocks_nm
         self.block_size, self.context = Coordinate(block_nm), Coordinate(context_nm)
+        self.fragments_context = Coordinate(config.fragments_context_nm)
         vs = self.voxel_size
-        if any(b % v for b, v in zip(self.block_size, vs)) or any(c % v for c, v in zip(self.context, vs)):
+        if any(x % v for size in (self.block_size, self.context, self.fragments_context) for x, v in zip(size, vs)):
             raise VolumeError(
                 f"{self.container}/{affs_dataset}: voxel size {tuple(vs)} nm does not divide the block size "
-                f"{tuple(self.block_size)} / context {tuple(self.context)} nm of the config"
+                f"{tuple(self.block_size)} / context {tuple(self.context)} / fragments context "
+                f"{tuple(self.fragments_context)} nm of the config"
             )
         self.chunk_shape = tuple(self.block_size / vs)
         # credentials travel by environment, never inside what is persisted or pickled
         self.graph_url = credentials_to_environment(graph_url or bw.graph or default_graph_url(self.container))
         self.sample = sample_name(self.container)
-        self.geometry = {"block": tuple(self.block_size), "context": tuple(self.context), "roi": str(self.roi)}
+        self.geometry = {"block": tuple(self.block_size), "context": tuple(self.context),
+                         "fragments_context": tuple(self.fragments_context), "roi": str(self.roi)}
 
     # keys: what each stage's result depends on
     @property
@@ -248,9 +244,9 @@ class BlockwiseSegmentation:
         return stage_key(stage="agglomerate", code=CODE_VERSION, fragments=fragments_key or self.fragments_key,
                          merge_function=self.merge_function, **self.geometry)
 
-    def _stage(self, name, process_block, tracking_dir) -> Stage:
-        return Stage(name, self.roi, self.block_size, self.context, process_block, tracking_dir,
-                     log_dir=self.container / ".lsdflow" / "logs" / name)
+    def _stage(self, name, process_block, tracking_dir, context=None) -> Stage:
+        return Stage(name, self.roi, self.block_size, self.context if context is None else context, process_block,
+                     tracking_dir, log_dir=self.container / ".lsdflow" / "logs" / name)
 
     @_exclusive
     def fragments(self) -> dict:
@@ -275,12 +271,16 @@ class BlockwiseSegmentation:
         summary = run_stage(self._stage("fragments", FragmentsBlock(
             self.container, self.affs_dataset, partials["volumes/fragments"], self.graph_url, self.sample, self.roi,
             self.block_size, self.fragments_in_xy, self.min_seed_distance, self.filter_fragments,
-        ), staged.tracking_dir), self.settings)
+        ), staged.tracking_dir, context=self.fragments_context), self.settings)
         staged.commit()
         return {**summary, "key": key}
 
     @_exclusive
     def agglomerate(self) -> dict:
+        """Boundary statistics block by block, then one merge of the whole graph: the
+        result equals waterz's in-memory agglomeration of the same fragments."""
+        import time
+
         key = self.edges_key()
         mf = self.merge_function
         tracking = self.container / ".lsdflow" / f"agglomerate-{mf}-{key}"
@@ -289,19 +289,27 @@ class BlockwiseSegmentation:
                 return {"stage": "agglomerate", "up_to_date": True, "key": key}
             if store.get_meta(f"edges_key/{mf}") != key:
                 store.clear_edges(mf)
+                store.clear_statistics()
                 shutil.rmtree(tracking, ignore_errors=True)
                 store.set_meta(f"edges_key/{mf}", key)
         for stale in tracking.parent.glob(f"agglomerate-{mf}-*"):
             if stale != tracking:
                 shutil.rmtree(stale, ignore_errors=True)
-        summary = run_stage(self._stage("agglomerate", AgglomerateBlock(
+        summary = run_stage(self._stage("agglomerate", BoundaryStatisticsBlock(
             self.container, self.affs_dataset, "volumes/fragments", self.graph_url, self.sample, self.roi,
-            self.block_size, mf,
-        ), tracking), self.settings)
+            self.block_size,
+        ), tracking, context=self.voxel_size), self.settings)  # the pairs across the lower faces: one voxel
+        start = time.perf_counter()
         with open_graph_store(self.graph_url, self.sample) as store:
-            store.set_meta(f"edges_complete/{mf}", key)
+            statistics = store.read_statistics()
+            scores = edge_scores(statistics, mf)
+            store.clear_edges(mf)
+            for chunk, begin in enumerate(range(0, len(statistics), EDGES_PER_ROW)):
+                end = begin + EDGES_PER_ROW
+                store.write_edges(mf, chunk, Edges(statistics.u[begin:end], statistics.v[begin:end], scores[begin:end]))
+            store.set_meta(f"edges_complete/{mf}", key)  # last: a killed merge is redone
         shutil.rmtree(tracking, ignore_errors=True)
-        return {**summary, "key": key}
+        return {**summary, "edges": len(statistics), "merge_seconds": round(time.perf_counter() - start, 3), "key": key}
 
     @_exclusive
     def find_segments(self, thresholds: Sequence[float]) -> dict:
@@ -432,4 +440,4 @@ def segment_blockwise(
     }
 
 
-__all__ = ["AgglomerateBlock", "BlockwiseSegmentation", "FragmentsBlock", "RelabelBlock", "segment_blockwise"]
+__all__ = ["BoundaryStatisticsBlock", "BlockwiseSegmentation", "FragmentsBlock", "RelabelBlock", "segment_blockwise"]

@@ -309,7 +309,12 @@ class BlockwiseConfig(_Strict):
         None, description="segmentation write block in nm; default 128 voxels per axis"
     )
     context_nm: Vec3 | None = Field(
-        None, description="read margin per side for segmentation blocks; default 8 voxels per axis"
+        None, description="read margin per side for relabelling blocks; default 8 voxels per axis"
+    )
+    fragments_context_nm: Vec3 | None = Field(
+        None,
+        description="read margin per side for the fragments' watershed; default 32 voxels per axis "
+        "(about a fragment's radius: less and fragments cut by block faces stay apart, docs/blockwise.md)",
     )
     prediction_tiles: Vec3 = Field(
         (1, 1, 1), description="prediction block = this many network output tiles per axis"
@@ -367,7 +372,7 @@ class LsdflowConfig(_Strict):
                         f"{geometry.nearest_valid_sizes(axis, size)}"
                     )
         vs = self.data.voxel_size
-        for name in ("block_size_nm", "context_nm"):
+        for name in ("block_size_nm", "context_nm", "fragments_context_nm"):
             value = getattr(self.blockwise, name)
             if value is not None and any(x % v or x < 0 for x, v in zip(value, vs)):
                 raise ValueError(
@@ -416,6 +421,12 @@ class LsdflowConfig(_Strict):
         block = self.blockwise.block_size_nm or tuple(128 * v for v in vs)
         context = self.blockwise.context_nm or tuple(8 * v for v in vs)
         return tuple(block), tuple(context)  # type: ignore[return-value]
+
+    @property
+    def fragments_context_nm(self) -> Vec3:
+        """Context of the fragments' watershed per side, in nm."""
+        vs = self.data.voxel_size
+        return tuple(self.blockwise.fragments_context_nm or tuple(32 * v for v in vs))  # type: ignore[return-value]
 
     @property
     def augment(self) -> AugmentConfig:

@@ -11,10 +11,14 @@ One interface, chosen by URL:
   `<sample>_edges_<merge_function>` and `<sample>_meta`, indexed on position and on
   (u, v), so other tools can query them; written with bulk inserts.
 
-Nodes are `{id, center_z, center_y, center_x (nm), size (voxels)}`; edges are
+Nodes are `{id, center_z, center_y, center_x (nm), size (voxels)}`, stored per block for
+the part of the fragment in that block and summed when read; edges are
 `{u, v, merge_score}` per merge function, `merge_score` = NaN where waterz never merged
-the edge. Every block's nodes and edges are owned by that block and replaced as a whole
-when it is written again, so a retried block never duplicates anything.
+the edge. Boundary statistics (`region_merging.EdgeStatistics`: per edge the histogram,
+sum and count of the affinities between its fragments, for the voxel pairs a block owns)
+are stored per block too; the agglomeration merges their sum over the whole graph. Every
+block's nodes, edges and statistics are owned by that block and replaced as a whole when it
+is written again, so a retried block never duplicates anything.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import numpy as np
+
+from .region_merging import EdgeStatistics
 
 
 class GraphStoreError(ValueError):
@@ -60,6 +66,22 @@ class Nodes:
             np.concatenate([p.centers for p in parts]).reshape(-1, 3),
             np.concatenate([p.sizes for p in parts]).astype(np.int64),
         )
+
+    def merged(self) -> Nodes:
+        """One node per id: a fragment stitched across block faces is stored as one piece
+        per block (its size and center there); its node is their sum and weighted mean."""
+        if len(self.ids) < 2:
+            return self
+        ids, index = np.unique(self.ids, return_inverse=True)
+        if len(ids) == len(self.ids) and np.all(self.ids[1:] > self.ids[:-1]):
+            return self
+        index = index.reshape(-1)
+        sizes = np.bincount(index, weights=self.sizes, minlength=len(ids))
+        weights = np.maximum(self.sizes, 1)
+        centers = np.stack(
+            [np.bincount(index, weights=self.centers[:, a] * weights, minlength=len(ids)) for a in range(3)], axis=1
+        ) / np.bincount(index, weights=weights, minlength=len(ids))[:, None]
+        return Nodes(ids.astype(np.uint64), centers, sizes.astype(np.int64))
 
 
 @dataclass
@@ -144,6 +166,17 @@ class GraphStore(ABC):
         """Replace the edges owned by `block` for `merge_function`."""
 
     @abstractmethod
+    def write_statistics(self, block: int, statistics: EdgeStatistics) -> None:
+        """Replace the boundary statistics owned by `block`."""
+
+    @abstractmethod
+    def read_statistics(self) -> EdgeStatistics:
+        """The boundary statistics of all blocks, summed per edge."""
+
+    @abstractmethod
+    def clear_statistics(self) -> None: ...
+
+    @abstractmethod
     def read_nodes(self, roi=None) -> Nodes:
         """All nodes, or those whose center lies in `roi` (a funlib Roi in nm)."""
 
@@ -211,6 +244,10 @@ class SQLiteGraphStore(GraphStore):
                     sample TEXT, merge_function TEXT, block INTEGER, n INTEGER,
                     u BLOB, v BLOB, merge_score BLOB,
                     PRIMARY KEY (sample, merge_function, block));
+                CREATE TABLE IF NOT EXISTS statistics (
+                    sample TEXT, block INTEGER, n INTEGER,
+                    u BLOB, v BLOB, hist_edge BLOB, hist_bin BLOB, hist_count BLOB, sums BLOB, counts BLOB,
+                    PRIMARY KEY (sample, block));
                 CREATE TABLE IF NOT EXISTS meta (
                     sample TEXT, key TEXT, value TEXT, PRIMARY KEY (sample, key));
                 """
@@ -235,6 +272,29 @@ class SQLiteGraphStore(GraphStore):
                  _blob(edges.u, "<u8"), _blob(edges.v, "<u8"), _blob(edges.merge_score, "<f8")),
             )
 
+    def write_statistics(self, block: int, statistics: EdgeStatistics) -> None:
+        s = statistics
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO statistics VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (self.sample, int(block), len(s), _blob(s.u, "<u8"), _blob(s.v, "<u8"), _blob(s.hist_edge, "<i8"),
+                 _blob(s.hist_bin, "u1"), _blob(s.hist_count, "<i8"), _blob(s.sums, "<f8"), _blob(s.counts, "<i8")),
+            )
+
+    def read_statistics(self) -> EdgeStatistics:
+        rows = self._db.execute(
+            "SELECT u, v, hist_edge, hist_bin, hist_count, sums, counts FROM statistics WHERE sample = ? AND n > 0",
+            (self.sample,),
+        )
+        dtypes = ["<u8", "<u8", "<i8", "u1", "<i8", "<f8", "<i8"]
+        return EdgeStatistics.concatenate(
+            [EdgeStatistics(*(np.frombuffer(b, d) for b, d in zip(row, dtypes))) for row in rows]
+        )
+
+    def clear_statistics(self) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM statistics WHERE sample = ?", (self.sample,))
+
     def read_nodes(self, roi=None) -> Nodes:
         query = "SELECT ids, centers, sizes FROM nodes WHERE sample = ? AND n > 0"
         params: list = [self.sample]
@@ -248,7 +308,7 @@ class SQLiteGraphStore(GraphStore):
             Nodes(np.frombuffer(i, "<u8"), np.frombuffer(c, "<f8").reshape(-1, 3), np.frombuffer(s, "<i8"))
             for i, c, s in self._db.execute(query, params)
         ]
-        nodes = Nodes.concatenate(parts)
+        nodes = Nodes.concatenate(parts).merged()
         if roi is not None:
             inside = np.all((nodes.centers >= roi.begin) & (nodes.centers < roi.end), axis=1)
             nodes = Nodes(nodes.ids[inside], nodes.centers[inside], nodes.sizes[inside])
@@ -321,9 +381,14 @@ class MongoGraphStore(GraphStore):
         self._db = self._client[database]
         self._nodes = self._db[f"{sample}_nodes"]
         self._meta = self._db[f"{sample}_meta"]
-        self._nodes.create_index([("id", 1)], unique=True)
+        # a fragment stitched across block faces has one document per block it lies in
+        if self._nodes.index_information().get("id_1", {}).get("unique"):
+            self._nodes.drop_index("id_1")  # the layout before stitching: one document per id
+        self._nodes.create_index([("id", 1), ("block", 1)], unique=True)
         self._nodes.create_index([("block", 1)])
         self._nodes.create_index([("center_z", 1), ("center_y", 1), ("center_x", 1)])
+        self._statistics = self._db[f"{sample}_statistics"]
+        self._statistics.create_index([("block", 1)])
         self._indexed: set[str] = set()
 
     def _edges(self, merge_function: str):
@@ -360,6 +425,42 @@ class MongoGraphStore(GraphStore):
                 ordered=False,
             )
 
+    def write_statistics(self, block: int, statistics: EdgeStatistics) -> None:
+        from bson import Binary
+
+        s = statistics
+        self._statistics.delete_many({"block": int(block)})
+        if len(s):
+            bounds = np.searchsorted(s.hist_edge, np.arange(len(s) + 1)).tolist()
+            self._statistics.insert_many(
+                [
+                    {"u": u, "v": v, "block": int(block), "sum": total, "count": count,
+                     "bins": Binary(s.hist_bin[lo:hi].tobytes()),
+                     "bin_counts": Binary(np.ascontiguousarray(s.hist_count[lo:hi], "<i8").tobytes())}
+                    for u, v, total, count, lo, hi in zip(
+                        s.u.astype(np.int64).tolist(), s.v.astype(np.int64).tolist(), s.sums.tolist(),
+                        s.counts.tolist(), bounds[:-1], bounds[1:])
+                ],
+                ordered=False,
+            )
+
+    def read_statistics(self) -> EdgeStatistics:
+        cols = self._read_columns(self._statistics, {}, ["u", "v", "sum", "count", "bins", "bin_counts"])
+        n = len(cols["u"])
+        if not n:
+            return EdgeStatistics.empty()
+        bins = [np.frombuffer(b, "u1") for b in cols["bins"]]
+        lengths = np.array([len(b) for b in bins])
+        return EdgeStatistics.concatenate([EdgeStatistics(
+            cols["u"].astype(np.int64).astype(np.uint64), cols["v"].astype(np.int64).astype(np.uint64),
+            np.repeat(np.arange(n), lengths), np.concatenate(bins),
+            np.concatenate([np.frombuffer(c, "<i8") for c in cols["bin_counts"]]),
+            cols["sum"].astype(float), cols["count"].astype(np.int64),
+        )])
+
+    def clear_statistics(self) -> None:
+        self._statistics.delete_many({})
+
     def _read_columns(self, collection, query: dict, fields: list[str]) -> dict[str, list]:
         """Columns of the matching documents, decoded batch by batch (bounded memory)."""
         import bson
@@ -382,7 +483,7 @@ class MongoGraphStore(GraphStore):
             cols["id"].astype(np.int64).astype(np.uint64),
             np.stack([cols[f"center_{a}"].astype(float) for a in "zyx"], axis=1).reshape(-1, 3),
             cols["size"].astype(np.int64),
-        )
+        ).merged()
 
     def read_edges(self, merge_function: str) -> Edges:
         cols = self._read_columns(self._edges(merge_function), {}, ["u", "v", "merge_score"])

@@ -1,6 +1,7 @@
-"""The threshold at which waterz joined the two fragments of each region-graph edge.
+"""The threshold at which two fragments were joined, for each region-graph edge.
 
-waterz reports merges as a history `{a, b, c, score}` of regions, not per edge. Storing,
+Region merging (waterz's, or its port over a region graph in `region_merging.py`)
+reports merges as a history (a, b, score) of regions, not per edge. Storing,
 per edge, the score at which its two fragments first ended up in one region lets
 find-segments rebuild the segmentation of any threshold as connected components of the
 edges scored at or below it — the scheme of the LSD papers' blockwise pipeline.
@@ -54,20 +55,3 @@ def edge_merge_scores(u: np.ndarray, v: np.ndarray, merges: Iterable[tuple[int, 
         members_a.extend(members_b)
         del members[rb]
     return scores
-
-
-def region_adjacency(fragments: np.ndarray) -> np.ndarray:
-    """(m, 2) int64 pairs u < v of fragments that touch along z, y or x (0 = boundary,
-    never part of an edge): the region graph waterz builds.
-
-    Computed here rather than with waterz's `return_region_graph=True`, because asking
-    waterz 0.10 for the region graph changes which merges it makes at later thresholds."""
-    pairs = []
-    for axis in range(fragments.ndim):
-        a = np.moveaxis(fragments, axis, 0)
-        lower, upper = a[:-1].ravel(), a[1:].ravel()
-        touching = (lower != upper) & (lower != 0) & (upper != 0)
-        pairs.append(np.stack([lower[touching], upper[touching]], axis=1))
-    edges = np.concatenate(pairs).astype(np.int64) if pairs else np.zeros((0, 2), np.int64)
-    edges = np.sort(edges, axis=1)
-    return np.unique(edges, axis=0) if len(edges) else edges

@@ -86,25 +86,25 @@ def fill_boundaries(segmentation: np.ndarray, affs: np.ndarray) -> np.ndarray:
     return filled.astype(segmentation.dtype)
 
 
-def fragments_from_affinities(
+def fragments_with_depth(
     affs: np.ndarray,
     fragments_in_xy: bool = False,
     min_seed_distance: int = 10,
     filter_fragments: float = 0.0,
-) -> np.ndarray:
-    """Watershed fragments (uint64, 0 = boundary) from (3+, z, y, x) affinities in [0, 1].
-
-    `filter_fragments` > 0 sets fragments whose mean affinity is below it to 0 (background)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Watershed fragments (uint64, 0 = boundary) and the distance of every voxel to the
+    nearest boundary (the depth the watershed floods; per section with `fragments_in_xy`)."""
     _check_affinities(affs)
     affs = as_float_affinities(affs)
     if fragments_in_xy:
         fragments = np.zeros(affs.shape[1:], dtype=np.uint64)
+        distances = np.zeros(affs.shape[1:], dtype=np.float64)
         mean_xy = 0.5 * (affs[1] + affs[2])
         offset = 0
         for z in range(affs.shape[1]):
             mask = mean_xy[z] > 0.5
-            distances = ndimage.distance_transform_edt(mask)
-            fragments[z], n = _seeded_watershed(distances, mask, min_seed_distance, offset)
+            distances[z] = ndimage.distance_transform_edt(mask)
+            fragments[z], n = _seeded_watershed(distances[z], mask, min_seed_distance, offset)
             offset += n
     else:
         mask = affs[:3].mean(axis=0) > 0.5
@@ -115,7 +115,19 @@ def fragments_from_affinities(
         ids = ids[ids != 0]
         mean_affinity = ndimage.mean(affs[:3].mean(axis=0), fragments, ids)
         fragments[np.isin(fragments, ids[np.asarray(mean_affinity) < filter_fragments])] = 0
-    return fragments
+    return fragments, distances
+
+
+def fragments_from_affinities(
+    affs: np.ndarray,
+    fragments_in_xy: bool = False,
+    min_seed_distance: int = 10,
+    filter_fragments: float = 0.0,
+) -> np.ndarray:
+    """Watershed fragments (uint64, 0 = boundary) from (3+, z, y, x) affinities in [0, 1].
+
+    `filter_fragments` > 0 sets fragments whose mean affinity is below it to 0 (background)."""
+    return fragments_with_depth(affs, fragments_in_xy, min_seed_distance, filter_fragments)[0]
 
 
 @contextlib.contextmanager

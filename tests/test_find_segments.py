@@ -8,7 +8,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from lsdflow.core.find_segments import apply_lut, read_lut, segment_luts, write_luts
-from lsdflow.core.merge_history import edge_merge_scores, region_adjacency
+from lsdflow.core.merge_history import edge_merge_scores
+from lsdflow.core.region_merging import boundary_statistics
 from lsdflow.core.metrics import segmentation_scores
 from lsdflow.core.segment import fragments_from_affinities, quiet_stdout, scoring_function
 from lsdflow.core.synthetic import synthetic_affinities, synthetic_labels
@@ -74,7 +75,8 @@ def test_edge_merge_scores_reproduce_waterz_at_every_threshold():
             discretize_queue=256,
         )
         reference = {t: segmentation.copy() for t, segmentation in zip(thresholds, plain)}
-    rag = region_adjacency(fragments)
+    graph = boundary_statistics(affs, fragments)
+    rag = np.stack([graph.u, graph.v], axis=1).astype(np.int64)
     scores = edge_merge_scores(rag[:, 0], rag[:, 1], history)
     ids = np.unique(fragments)[1:]
     luts = segment_luts(ids, rag[:, 0].astype(np.uint64), rag[:, 1].astype(np.uint64), scores, thresholds)

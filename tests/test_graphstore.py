@@ -92,3 +92,32 @@ def test_bad_urls_are_clear_errors_without_passwords(tmp_path):
 
 def test_default_graph_url_lies_beside_the_container(tmp_path):
     assert default_graph_url(tmp_path / "sample.zarr") == f"sqlite:///{tmp_path / 'sample.graph.db'}"
+
+
+def test_pieces_of_a_stitched_fragment_read_as_one_node(store):
+    """A fragment cut by a block face keeps one id; each block stores its part."""
+    store.write_nodes(0, Nodes(np.array([5, 9], np.uint64), np.array([[0.0, 0, 0], [1, 1, 1]]), np.array([3, 1])))
+    store.write_nodes(1, Nodes(np.array([5], np.uint64), np.array([[40.0, 0, 0]]), np.array([1])))
+    nodes = store.read_nodes()
+    assert nodes.ids.tolist() == [5, 9] and nodes.sizes.tolist() == [4, 1]
+    assert nodes.centers[0].tolist() == [10.0, 0.0, 0.0]  # size-weighted
+
+
+def test_boundary_statistics_round_trip_and_sum_over_blocks(store):
+    from lsdflow.core.region_merging import EdgeStatistics, boundary_statistics, initial_scores
+
+    rng = np.random.default_rng(0)
+    fragments = np.repeat(np.arange(1, 5, dtype=np.uint64), 4)[:, None, None] * np.ones((1, 3, 3), np.uint64)
+    affs = rng.uniform(0, 1, (3, *fragments.shape)).astype(np.float32)
+    whole = boundary_statistics(affs, fragments)
+    for block, z in enumerate((slice(0, 8), slice(8, None))):
+        for _ in range(2):  # a retried block replaces its statistics
+            store.write_statistics(block, boundary_statistics(affs, fragments, (z, slice(None), slice(None))))
+    read = store.read_statistics()
+    assert read.u.tolist() == [1, 2, 3] and read.v.tolist() == [2, 3, 4]
+    for field in ("hist_edge", "hist_bin", "hist_count", "counts"):
+        assert np.array_equal(getattr(read, field), getattr(whole, field)), field
+    assert np.allclose(read.sums, whole.sums)
+    assert np.array_equal(initial_scores(read, "hist_quant_50"), initial_scores(whole, "hist_quant_50"))
+    store.clear_statistics()
+    assert len(store.read_statistics()) == 0 and len(EdgeStatistics.empty()) == 0

@@ -38,7 +38,7 @@ KILLS = {"process": "kill_all()", "worker": "os.kill(os.getpid(), signal.SIGKILL
 STAGES = {  # stage -> (module, block processor class)
     "predict": ("lsdflow.core.blockwise_predict", "PredictBlock"),
     "fragments": ("lsdflow.core.blockwise_segment", "FragmentsBlock"),
-    "agglomerate": ("lsdflow.core.blockwise_segment", "AgglomerateBlock"),
+    "agglomerate": ("lsdflow.core.blockwise_segment", "BoundaryStatisticsBlock"),
     "relabel": ("lsdflow.core.blockwise_segment", "RelabelBlock"),
 }
 # between two outputs' renames into place (predict writes pred_lsds, then pred_affs)

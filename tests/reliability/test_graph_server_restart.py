@@ -41,7 +41,7 @@ def write(self, *args, **kwargs):
     return _real_write(self, *args, **kwargs)
 g.MongoGraphStore.{write} = write
 """
-STAGES = {"fragments": ("FragmentsBlock", "write_nodes"), "agglomerate": ("AgglomerateBlock", "write_edges")}
+STAGES = {"fragments": ("FragmentsBlock", "write_nodes"), "agglomerate": ("BoundaryStatisticsBlock", "write_statistics")}
 
 
 def _segment(container: Path, graph: str) -> list[str]:
