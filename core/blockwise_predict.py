@@ -161,7 +161,7 @@ def predict_blockwise(
     extra_attrs: dict | None = None,
 ) -> dict:
     """Predict `volumes/pred_<output>` for the whole raw ROI block by block (see module doc)."""
-    from .checkpoints import input_normalization, load_model
+    from .checkpoints import input_normalization, input_shift, load_model
     from .config import check_voxel_size
     from .predict import context_margin, prediction_attrs
 
@@ -188,6 +188,7 @@ def predict_blockwise(
     attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
     attrs["test_time_augmentation"] = augment
     attrs["normalization"] = normalization.kind
+    attrs["intensity_shift"] = input_shift(raw, model_file, meta)  # label-free: unlike the training data?
     attrs.update(extra_attrs or {})  # e.g. the registered model's lineage
     probe = {name: channels for name, channels in zip(model.outputs, _output_channels(model, input_shape))}
     key = _prediction_key(config, container, model_file, input_shape, output_shape, dtype, block_size, extra_attrs)

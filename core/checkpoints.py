@@ -128,6 +128,17 @@ def input_normalization(array, kind: str, path: str | os.PathLike, meta: dict[st
     return normalization_for(array, kind, intensity_reference(path, meta) if kind == "match_training" else None)
 
 
+def input_shift(array, path: str | os.PathLike, meta: dict[str, Any]) -> float | None:
+    """`intensity.intensity_shift` of the raw `array` against the training intensities of
+    the model at `path`; None when they are not known."""
+    from .intensity import intensity_shift
+
+    try:
+        return round(intensity_shift(array, intensity_reference(path, meta)), 4)
+    except ModelFileError:
+        return None
+
+
 def describe_model(meta: dict[str, Any]) -> str:
     """'iteration 8750', or for averaged weights 'average of iterations 9250..10000 (4)'."""
     averaged = meta.get("averaged_iterations")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -130,10 +131,18 @@ def _predict_tiles(model, normalized, input_shape, output_shape, batch_size, dev
     return tuple(outputs)
 
 
+def recorded_input_shift(container, dataset: str = "volumes/pred_affs") -> float | None:
+    """The input shift recorded with a volume's predictions (`intensity.intensity_shift`)."""
+    import zarr
+
+    path = Path(container) / dataset
+    if not (path / ".zattrs").is_file():
+        return None
+    return zarr.open(str(path), mode="r").attrs.get("intensity_shift")
+
+
 def prediction_attrs(model_file, meta: dict, model, raw: str, dtype: str) -> dict:
     """What every prediction dataset records about the model that made it."""
-    from pathlib import Path
-
     attrs = {
         "model_file": str(Path(model_file).resolve()),
         "model_iteration": meta.get("iteration"),
@@ -163,9 +172,7 @@ def predict_volume(
     0..255. Each dataset records the model file, its iteration and config fingerprint.
     Everything is checked and computed before anything is written; each dataset is
     written beside its final place and renamed in, so a failure loses nothing."""
-    from pathlib import Path
-
-    from .checkpoints import input_normalization, load_model
+    from .checkpoints import input_normalization, input_shift, load_model
     from .config import check_voxel_size
     from .input_checks import check_finite, check_not_constant, check_writable
     from .volumes import open_array, write_array
@@ -193,6 +200,7 @@ def predict_volume(
     attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
     attrs["test_time_augmentation"] = config.prediction.test_time_augmentation
     attrs["normalization"] = normalization.kind
+    attrs["intensity_shift"] = input_shift(raw_array, model_file, meta)  # label-free: unlike the training data?
     attrs.update(extra_attrs or {})  # e.g. the registered model's lineage
     written = {}
     for name, data in zip(model.outputs, outputs):

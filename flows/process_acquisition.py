@@ -11,6 +11,8 @@ from prefect import flow
 from ..core.acquisitions import check_inside_roots, output_dir
 from ..core.acquisitions import data_roots as acquisition_roots
 from ..core.config import load_config
+from ..core.intensity import describe_shift
+from ..core.predict import recorded_input_shift
 from ..core.volumes import dataset_exists
 from ..tasks import segmentation
 from ..tasks.artifacts import publish_summary
@@ -62,7 +64,8 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
                   for t in sorted(thresholds)]
     segmentations = materializing(segmentation.relabel, seg_assets, [fragments_asset, job_graph + "/edges"])(
         config, affs, luts, thresholds, graph_url)
-    result = {"volume": str(container), "segmentations": [s.dataset for s in segmentations], "graph": graph.url}
+    result = {"volume": str(container), "segmentations": [s.dataset for s in segmentations], "graph": graph.url,
+              "input_shift": recorded_input_shift(affs.container, affs.dataset)}
     choice = None
     if config.segmentation.threshold_criterion != "validation" and len(segmentations) > 1:
         choice = choose_threshold(config, affs, segmentations)
@@ -80,7 +83,7 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
 
 def _summary(result: dict, raw: ArrayRef, graph) -> dict:
     rows = {"volume": result["volume"], "ROI (nm)": raw.roi, "segmentations": ", ".join(result["segmentations"]),
-            "region graph": graph.url}
+            "region graph": graph.url, "input shift (label-free)": describe_shift(result.get("input_shift"))}
     if "chosen" in result:
         chosen, quality = result["chosen"], result["chosen"]["quality"]
         rows["chosen threshold"] = f"{chosen['threshold']:g} (label-free, by {chosen['criterion']})"

@@ -127,6 +127,7 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
     result = first.result()
     assert result["segmentations"] == ["volumes/segmentation/hist_quant_50/0.1", "volumes/segmentation/hist_quant_50/0.2"]
     assert result["best"]["voi_sum"] < 3.0
+    assert 0 < result["input_shift"] < 0.05  # gala_test is like the model's training data
     assert set(_task_states(first)) == {"predict", "fragments", "agglomerate", "find-segments", "relabel",
                                         "choose-threshold", "evaluate"}
     # the threshold chosen without labels, its criterion and quality estimate, scored too

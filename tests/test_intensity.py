@@ -15,13 +15,16 @@ from lsdflow.core.blockwise_predict import predict_blockwise, prediction_key
 from lsdflow.core.checkpoints import load_model, write_model_file
 from lsdflow.core.config import load_config
 from lsdflow.core.intensity import (
+    OUT_OF_DEPTH_SHIFT,
     REFERENCE_LEVELS,
     Normalization,
+    describe_shift,
+    intensity_shift,
     intensity_stats,
     normalization_for,
     training_reference,
 )
-from lsdflow.core.predict import predict_volume
+from lsdflow.core.predict import predict_volume, recorded_input_shift
 from lsdflow.core.volumes import open_array, write_array
 from lsdflow.flows.cli import main as lsdflow
 
@@ -89,8 +92,26 @@ def test_model_files_carry_their_training_intensities_and_prediction_uses_them(t
     ours, theirs = (open_array(tmp_path / n, "volumes/pred_affs") for n in ("blocks.zarr", "memory.zarr"))
     assert np.abs(ours[ours.roi].astype(int) - theirs[theirs.roi].astype(int)).max() <= 1
     assert zarr.open(str(tmp_path / "memory.zarr" / "volumes/pred_affs")).attrs["normalization"] == "match_training"
+    # both paths record how far the input lies from the model's training intensities
+    assert recorded_input_shift(tmp_path / "blocks.zarr") == recorded_input_shift(tmp_path / "memory.zarr") > 0
     assert prediction_key(config, tmp_path / "blocks.zarr", tiny_model) != prediction_key(
         zscore, tmp_path / "blocks.zarr", tiny_model)
+
+
+def test_input_shift_flags_another_acquisition_and_not_the_models_own(gala_test):
+    """Label-free: the gala model's training volume, its held-out volume, and the medulla
+    acquisition (where it is worse than a raw watershed) against its training intensities."""
+    from pathlib import Path
+
+    _, meta = load_model(load_config("gala").prediction.checkpoint)
+    reference = meta["intensity_reference"]
+    data = Path(gala_test).parents[1]
+    own = intensity_shift(open_array(data / "gala" / "gala_train.zarr", "volumes/raw"), reference)
+    held_out = intensity_shift(open_array(gala_test, "volumes/raw"), reference)
+    medulla = intensity_shift(open_array(data / "medulla" / "medulla_dev.zarr", "volumes/raw"), reference)
+    assert own < 0.005 < held_out < OUT_OF_DEPTH_SHIFT < medulla
+    assert "likely out of its depth" in describe_shift(medulla) and "like the model's" in describe_shift(held_out)
+    assert "unknown" in describe_shift(None)
 
 
 def test_a_model_without_its_training_intensities_is_refused_before_anything_is_written(tmp_path, gala_test,
