@@ -165,7 +165,7 @@ def dataset_results(config_name: str, models: dict[str, Path], cache: Path | Non
     input_shape, output_shape = config.prediction_shapes
     available = criteria(config.model.affinity_neighborhood, config.training.lsd_sigma_nm, config.data.voxel_size,
                          config.training.lsd_downsample)
-    seconds, results, label_free = {}, {"test": {}}, {}
+    seconds, results, label_free = {}, {"validation": {}, "test": {}}, {}
     choices = {}
 
     for name, path in models.items():
@@ -184,7 +184,10 @@ def dataset_results(config_name: str, models: dict[str, Path], cache: Path | Non
         lsds, affs = outputs.get("lsds"), outputs["affs"]
         segmentations = post_process(affs, config)
         seconds[name] = time.perf_counter() - began
-        chosen = best(scores(gt, segmentations, regions["validation"]))["parameter"]
+        on_validation = best(scores(gt, segmentations, regions["validation"]))
+        # what models are chosen by (the champion: the best on validation)
+        results["validation"][f"{name}, best threshold"] = on_validation
+        chosen = on_validation["parameter"]
         rows = scores(gt, segmentations, regions["test"])
         results["test"][f"{name}, threshold from validation"] = at(rows, chosen)
         if carried and name in carried:
@@ -218,7 +221,9 @@ def dataset_results(config_name: str, models: dict[str, Path], cache: Path | Non
     boundary = gaussian(1.0 - raw / 255.0, sigma=1.0)  # membranes are dark
     watersheds = {h: watershed(boundary, label(h_minima(boundary, h))) for h in H_VALUES}
     seconds["raw watershed"] = time.perf_counter() - began
-    chosen_h = best(scores(gt, watersheds, regions["validation"]))["parameter"]
+    on_validation = best(scores(gt, watersheds, regions["validation"]))
+    results["validation"]["raw watershed (scikit-image), best h"] = on_validation
+    chosen_h = on_validation["parameter"]
     baseline = scores(gt, watersheds, regions["test"])
     results["test"]["raw watershed (scikit-image), h from validation"] = at(baseline, chosen_h)
     results["test"]["raw watershed (scikit-image), best h here"] = best(baseline)
@@ -232,6 +237,8 @@ def dataset_results(config_name: str, models: dict[str, Path], cache: Path | Non
     seconds["gt affinities"] = time.perf_counter() - began
     results["test"]["gt affinities (upper bound), best here"] = best(scores(gt, upper, regions["test"]))
 
+    print_table(f"{config_name}: validation region {tuple(validation.roi.offset)}+{tuple(validation.roi.shape)} nm",
+                results["validation"])
     print_table(f"{config_name}: test region {tuple(test.roi.offset)}+{tuple(test.roi.shape)} nm", results["test"])
     print(f"{'label-free criteria':34s} {'region':>10s} {'unc.':>6s} " + " ".join(
         f"{c[:22]:>22s} {'regret':>6s}" for c in available))

@@ -153,6 +153,8 @@ def prediction_attrs(model_file, meta: dict, model, raw: str, dtype: str) -> dic
     }
     if meta.get("averaged_iterations"):  # weights averaged over checkpoints (checkpoint_averaging)
         attrs["model_averaged_iterations"] = list(meta["averaged_iterations"])
+    if meta.get("best_threshold") is not None:  # chosen on validation data when the file was written
+        attrs["best_threshold"] = float(meta["best_threshold"])
     return attrs
 
 

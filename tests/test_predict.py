@@ -86,3 +86,21 @@ def test_predict_segment_evaluate_from_the_command_line(gala_copy, tmp_path, cap
 
     best = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["best"]
     assert best["voi_sum"] < 2.0 and best["arand"] < 0.5
+
+
+def test_a_model_file_that_carries_its_validation_threshold_sets_the_default_threshold(tmp_path, gala_test, tiny_model):
+    """The shipped medulla model carries the threshold chosen on medulla validation; a
+    volume predicted with such a file is segmented at that threshold unless told otherwise."""
+    from lsdflow.core.checkpoints import load_model, write_model_file
+    from lsdflow.core.segment import default_thresholds
+
+    from .conftest import TINY
+
+    _, shipped = load_model(load_config("medulla").prediction.checkpoint)
+    assert shipped["best_threshold"] == 0.15 and len(shipped["intensity_reference"]) > 0
+    state = torch.load(tiny_model, map_location="cpu", weights_only=False)["model_state_dict"]
+    config = load_config("gala", [*TINY, "prediction.test_time_augmentation=false"])
+    model_file = write_model_file(state, config, tmp_path / "with_threshold.pt", 0, best_threshold=0.3)
+    volume = shutil.copytree(gala_test, tmp_path / "v.zarr")
+    predict_volume(config, volume, model_file, progress=False)
+    assert default_thresholds(volume, "volumes/pred_affs", [0.1, 0.5]) == [0.3]
