@@ -32,8 +32,10 @@ test-fast: install
 test-burst: install
 	LSDFLOW_TEST_BURST=100 $(BIN)/python -m pytest -q tests/reliability/test_burst_end_to_end.py
 
+# every benchmark, one dated report in benchmarks/results/runs/ (JSON, markdown table, plot);
+# `make benchmarks BENCH_ARGS=--tiny` checks that they all run (minutes)
 benchmarks: install
-	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) workspace .pytest_cache

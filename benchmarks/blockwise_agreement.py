@@ -27,6 +27,7 @@ from lsdflow.core.config import load_config
 from lsdflow.core.metrics import segmentation_scores
 from lsdflow.core.predict import predict_volume
 from lsdflow.core.segment import agglomerate, fragments_from_affinities
+from lsdflow.core.threshold_selection import central_crop
 from lsdflow.core.volumes import open_array, write_array
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,14 +39,17 @@ def _read(container, dataset):
     return a[a.roi]
 
 
-def predicted_region(dataset: str, region: str, workdir: Path) -> Path:
-    """The region's raw and labels in a container of their own, with predicted affinities."""
+def predicted_region(dataset: str, region: str, workdir: Path, crop: int | None = None) -> Path:
+    """The region's raw and labels (or a centred crop of `crop`^3 voxels) in a container
+    of their own, with predicted affinities."""
     config = load_config(dataset, ["prediction.test_time_augmentation=false"])
     source = getattr(config.data, region)[0]
     container = workdir / f"{dataset}_{region}.zarr"
     for name in (config.data.raw_dataset, config.data.labels_dataset):
         array = open_array(source.path, name)
         roi = source.roi or array.roi
+        if crop:
+            roi = central_crop(roi, array.voxel_size, crop**3)
         write_array(container, name, roi, array.voxel_size, array[roi])
     predict_volume(config, container, progress=False)
     return container
@@ -92,10 +96,11 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=2, help="blocks per axis (default 2: 8 blocks)")
     parser.add_argument("--contexts", type=int, nargs="+", default=[8, 32], help="fragments context, voxels")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--crop", type=int, help="a centred crop of N^3 voxels of the region")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        container = predicted_region(args.dataset, args.region, Path(tmp))
+        container = predicted_region(args.dataset, args.region, Path(tmp), args.crop)
         results = [agreement(args.dataset, container, args.blocks, c, args.workers) for c in args.contexts]
     print(f"{args.dataset} {args.region}: VOI blockwise vs in memory ({args.blocks ** 3} blocks)")
     print(f"{'context':>8} {'':16}" + "".join(f"{t:>8g}" for t in THRESHOLDS))

@@ -77,7 +77,8 @@ def main() -> None:
 
         with prefect_test_harness(server_startup_timeout=120):
             kwargs = dict(path=str(work / "flow.zarr"), config_name="gala", overrides=OVERRIDES,
-                          workspace=str(work / "ws-flow"), thresholds=THRESHOLDS)
+                          workspace=str(work / "ws-flow"), thresholds=THRESHOLDS,
+                          data_roots=[str(work)])
             began = time.perf_counter()
             process_acquisition(**kwargs)
             t_flow = time.perf_counter() - began

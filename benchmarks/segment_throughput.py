@@ -4,7 +4,7 @@ On the same affinities (the shipped model's prediction of gala_test by default) 
 same thresholds; waterz alone builds its own zwatershed fragments. Prints a table and
 writes JSON.
 
-    python benchmarks/segment_throughput.py [--repeat 3] [--out FILE]
+    python benchmarks/segment_throughput.py [--repeat 3] [--crop N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from lsdflow.core.config import load_config
 from lsdflow.core.predict import predict_array
 from lsdflow.core.segment import agglomerate, fragments_from_affinities, quiet_stdout, scoring_function
 from lsdflow.core.intensity import Normalization, intensity_stats
+from lsdflow.core.threshold_selection import central_crop
 from lsdflow.core.volumes import open_array
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,13 +40,15 @@ def best_time(fn, repeat: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--crop", type=int, help="segment a centred crop of N^3 voxels of the volume")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "segment_throughput.json")
     args = parser.parse_args()
     config = load_config("gala")
     raw_array = open_array(config.data.test[0].path, config.data.raw_dataset)
+    roi = central_crop(raw_array.roi, raw_array.voxel_size, args.crop**3) if args.crop else raw_array.roi
     model, _ = load_model(config.prediction.checkpoint)
     normalization = Normalization(*intensity_stats(raw_array))
-    _, affs = predict_array(model, raw_array[raw_array.roi] / 255.0, *config.prediction_shapes, normalization)
+    _, affs = predict_array(model, raw_array[roi] / 255.0, *config.prediction_shapes, normalization)
     affs = np.ascontiguousarray(affs, dtype=np.float32)
     thresholds = config.segmentation.thresholds
     merge = config.segmentation.merge_function
