@@ -23,6 +23,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -197,13 +198,13 @@ def plot(report: dict, path: Path) -> None:
 
     rows = [(f"{name}: {ratio}", r) for name, e in report["benchmarks"].items() for ratio, r in e.get("ratios", {}).items()
             if r["value"] is not None]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * max(len(rows), 2) + 1.2))
+    fig, ax = plt.subplots(figsize=(10, 0.55 * max(len(rows), 2) + 1.2))
     for i, (label, r) in enumerate(rows):
         color = {True: "tab:green", False: "tab:red", None: "tab:gray"}[r["meets"]]
         ax.barh(i, r["value"], color=color)
         if r["target"] is not None:
             ax.plot([r["target"]] * 2, [i - 0.4, i + 0.4], color="black", linewidth=2)
-    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
+    ax.set_yticks(range(len(rows)), [textwrap.fill(label, 48) for label, _ in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("ratio (black bar: target; green: met, red: not met, grey: no target)")
     ax.set_title(f"lsdflow key ratios, {report['date']}" + (" (tiny)" if report["tiny"] else ""))
