@@ -3,7 +3,7 @@ from a `quality_baselines.py` report: VOI sum on each dataset's test region at t
 threshold chosen on its validation region, next to the raw-intensity watershed (h from
 validation). Writes a PNG and prints the points.
 
-    python benchmarks/plot_label_budget.py REPORT.json --sections "gala champion=0" \\
+    python benchmarks/plot_label_budget.py REPORT.json [REPORT.json ...] --sections "gala champion=0" \\
         --sections ft-5=5 --sections ft-20=20 --sections ft-all=100 [--out FILE]
 """
 
@@ -37,12 +37,18 @@ def points(report: dict, sections: dict[str, int]) -> dict[str, list[tuple[int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("report", type=Path)
+    parser.add_argument("report", type=Path, nargs="+", help="reports (a model scored in several: the last wins)")
     parser.add_argument("--sections", action="append", default=[], metavar="MODEL=N",
                         help="a model of the report and the labelled sections it was fine-tuned on (0: zero-shot)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "medulla_quality_vs_sections.png")
     args = parser.parse_args()
-    report = json.loads(args.report.read_text())
+    report: dict = {}
+    for path in args.report:  # models scored in separate runs: merge their test rows per dataset
+        for dataset, result in json.loads(path.read_text()).items():
+            if "results" not in result:
+                continue
+            merged = report.setdefault(dataset, {"results": {"test": {}}})
+            merged["results"]["test"].update(result["results"]["test"])
     sections = {name: int(n) for name, n in (s.rsplit("=", 1) for s in args.sections)}
     curves = points(report, sections)
     fig, ax = plt.subplots(figsize=(7, 4.5))
