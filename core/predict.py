@@ -176,7 +176,8 @@ def predict_volume(
     written beside its final place and renamed in, so a failure loses nothing."""
     from .checkpoints import input_normalization, input_shift, load_model
     from .config import check_voxel_size
-    from .input_checks import check_finite, check_not_constant, check_writable
+    from .input_checks import (PREDICT_BYTES_PER_VOXEL, check_finite, check_fits_in_memory, check_not_constant,
+                               check_writable)
     from .volumes import open_array, write_array
 
     container = Path(container)
@@ -184,6 +185,10 @@ def predict_volume(
     model_file = Path(model_file or config.prediction.checkpoint or "")
     raw_array = open_array(container, config.data.raw_dataset)
     check_voxel_size(config, tuple(raw_array.voxel_size), f"{container}/{config.data.raw_dataset}")
+    voxels = int(np.prod(raw_array.shape))
+    check_fits_in_memory(voxels * PREDICT_BYTES_PER_VOXEL[config.prediction.test_time_augmentation],
+                         f"{container}/{config.data.raw_dataset}: predicting {voxels / 1e6:.1f} M voxels in memory",
+                         f"predict it block by block: `lsdflow predict {config.name} {container} --blockwise`")
     model, meta = load_model(model_file)
     check_writable(output)
     dtype = output_dtype or config.prediction.output_dtype

@@ -56,6 +56,22 @@ def test_bad_input_writes_nothing(tmp_path, gala_copy):
     assert list_datasets(gala_copy) == before
 
 
+def test_a_volume_that_does_not_fit_in_memory_is_refused_with_the_blockwise_command(gala_copy, monkeypatch, capsys):
+    """gala_test (1 M voxels) against a 0.1 GB allowance: refused before anything is read
+    or written, with the command that handles it."""
+    before = list_datasets(gala_copy)
+    monkeypatch.setenv("LSDFLOW_MEMORY_LIMIT_GB", "0.1")
+    assert cli(["predict", "gala", str(gala_copy), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("lsdflow: error: ") and f"{gala_copy}/volumes/raw" in error
+    assert "0.3 GB" in error and "0.1 GB are available" in error  # 1 M voxels x 256 B with test-time augmentation
+    assert f"lsdflow predict gala {gala_copy} --blockwise" in error
+    assert list_datasets(gala_copy) == before
+    monkeypatch.setenv("LSDFLOW_MEMORY_LIMIT_GB", "lots")
+    assert cli(["predict", "gala", str(gala_copy), "--quiet"]) == 2
+    assert "LSDFLOW_MEMORY_LIMIT_GB='lots': expected a number of gigabytes" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_predict_segment_evaluate_from_the_command_line(gala_copy, tmp_path, capsys):
     """The small-volume path with the shipped model writes well-described predictions and
