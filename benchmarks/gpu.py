@@ -41,8 +41,7 @@ def networks(tiny: bool) -> dict:
     for name in ("gala", "fib25"):
         config = load_config(name)
         if tiny:
-            geometry = config.model.geometry
-            shape = [next(s for s in range(8, 400) if geometry.axis_output_size(a, s)[0] >= 8) for a in range(3)]
+            shape = list(config.model.geometry.smallest_input(8))
             config = load_config(name, ["model.num_fmaps=2", "model.fmap_inc_factor=2", f"model.input_shape={shape}",
                                         f"prediction.input_shape={shape}"])
         input_shape, output_shape = config.prediction_shapes
@@ -89,18 +88,20 @@ def forward_rate(model, input_shape, output_shape, batch_size: int, precision: s
 
 def loading_rate(input_shape, output_shape, device: str, seconds: float, workdir: Path) -> dict:
     """Output Mvox/s at which input tiles come from a chunked Zarr to the device: read,
-    z-score, pinned host copy (on CUDA), transfer."""
+    scaled and z-scored as lsdflow's prediction does, pinned host copy (on CUDA), transfer."""
     import zarr
+
+    from lsdflow.core.intensity import Normalization
 
     shape = tuple(2 * s for s in input_shape)
     store = zarr.open(str(workdir / "raw.zarr"), mode="w", shape=shape, chunks=(64, 64, 64), dtype=np.uint8)
     store[:] = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    normalization = Normalization(0.5, 0.29)  # uniform intensities; the statistics are computed once per volume
     rng = np.random.default_rng(1)
     tiles, began = 0, time.perf_counter()
     while tiles < 3 or time.perf_counter() - began < seconds:
         start = [int(rng.integers(0, s - i + 1)) for s, i in zip(shape, input_shape)]
-        tile = store[tuple(slice(s, s + i) for s, i in zip(start, input_shape))].astype(np.float32)
-        tile = (tile - tile.mean()) / max(float(tile.std()), 1e-6)
+        tile = normalization(store[tuple(slice(s, s + i) for s, i in zip(start, input_shape))] / 255.0)
         tensor = torch.from_numpy(tile)
         if device.startswith("cuda"):
             tensor = tensor.pin_memory()

@@ -41,11 +41,7 @@ def reduced_config(name: str, workdir: Path):
     data = workdir / f"gala_at_{name}.zarr"
     if not data.exists():
         convert(GALA_TRAIN, data, voxel_size=full.data.voxel_size, progress=False)
-    geometry = full.model.geometry
-    shape = []
-    for axis in range(3):
-        size = next(s for s in range(8, 400) if geometry.axis_output_size(axis, s)[0] >= 8)
-        shape.append(size)
+    shape = list(full.model.geometry.smallest_input(8))
     overrides = [
         "model.num_fmaps=4",
         "model.fmap_inc_factor=3",

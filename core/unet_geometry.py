@@ -83,6 +83,12 @@ class UnetGeometry:
             out.append(o)
         return tuple(out)
 
+    def smallest_input(self, min_output: int, search: int = 512) -> Shape:
+        """The smallest valid input shape whose output has at least `min_output` voxels per
+        axis (for quick measurements of a network's speed and memory)."""
+        return tuple(next(s for s in range(1, search) if self.axis_output_size(axis, s)[0] >= min_output)
+                     for axis in range(self.dims))
+
     def nearest_valid_sizes(self, axis: int, size: int, search: int = 512) -> list[int]:
         """The closest valid input sizes below and above `size` along `axis`."""
         below = next(

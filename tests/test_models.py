@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lsdflow.core.config import ModelConfig
+from lsdflow.core.config import ModelConfig, load_config
 from lsdflow.core.losses import MultiTaskWeightedMSELoss
 from lsdflow.core.models import MODEL_CLASSES, build_model, output_shape_from_network
 from lsdflow.core.unet import Unet
@@ -71,3 +71,12 @@ def test_weighted_mse_ignores_unweighted_voxels():
     weights = torch.tensor([1.0, 0.0, 2.0])
     # mean over voxels that carry weight: (0 + 2*1) / 2
     assert MultiTaskWeightedMSELoss([1.0])(pred, target, weights).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", ["gala", "fib25", "cremi"])
+def test_smallest_input_is_valid_and_minimal(name):
+    geometry = load_config(name).model.geometry
+    shape = geometry.smallest_input(8)
+    assert all(o >= 8 for o in geometry.output_shape(shape))
+    for axis, size in enumerate(shape):  # nothing smaller gives 8 output voxels
+        assert all(geometry.axis_output_size(axis, s)[0] < 8 for s in range(1, size))
