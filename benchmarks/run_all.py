@@ -81,19 +81,30 @@ def _gpu_best(network: str) -> Callable[[dict], float | None]:
 BENCHMARKS: dict[str, Benchmark] = {
     "predict_throughput": Benchmark(
         "predict_throughput.py", tiny=["--repeat", "1", "--crop", "48", "--set", "prediction.test_time_augmentation=false"],
-        ratios=(Ratio("in-memory predict / bare forward", lambda r: r["ratio_lsdflow_to_bare"], 0.9),)),
+        ratios=(Ratio("in-memory predict / bare forward", lambda r: r["ratio_lsdflow_to_bare"], 0.9),
+                Ratio("blockwise predict / in-memory predict (speed)",
+                      lambda r: r.get("ratio_blockwise_to_in_memory"), 0.9),
+                Ratio("blockwise predict / bare forward over its tiles", lambda r: r.get("ratio_blockwise_to_bare"),
+                      0.9))),
     "segment_throughput": Benchmark(
         "segment_throughput.py", tiny=["--repeat", "1", "--crop", "48"],
         ratios=(Ratio("in-memory segment / one waterz call (speed)", lambda r: r["ratio_lsdflow_to_waterz"]),)),
     "blockwise": Benchmark(
         "blockwise.py", tiny=["--size", "48", "--edges", "20000", "--store-edges", "2000", "--mongo-edges", "200"],
         ratios=(Ratio("blockwise post-processing, 2 workers / one waterz call (speed)",
-                      lambda r: r["postprocessing"]["workers"]["2"]["ratio_to_waterz"], 2.0),)),
+                      lambda r: r["postprocessing"]["workers"]["2"]["ratio_to_waterz"], 2.0),
+                Ratio("relabel of 1 threshold / of 8 (time)",
+                      lambda r: r["postprocessing"].get("relabel_one_to_eight_thresholds"), 0.25, False))),
     "blockwise_agreement": Benchmark(
         "blockwise_agreement.py", args=["--dataset", "medulla", "--region", "validation"],
         tiny=["--crop", "48", "--contexts", "8"],
         ratios=(Ratio("blockwise vs in memory, same fragments: max VOI", _max_voi("same_fragments_voi"), 0.01, False),
                 Ratio("blockwise vs in memory, whole path: max VOI", _max_voi("whole_path_voi")))),
+    "scaling": Benchmark(
+        "scaling.py", tiny=["--base", "40", "--factors", "1", "2"],
+        ratios=(Ratio("8x the volume: time per voxel / 1x (blockwise stages)",
+                      lambda r: r["total_time_per_voxel_vs_base"][1] if len(r["sizes"]) > 1 else None, 1.125, False),
+                Ratio("largest peak memory of a stage / its 1x peak", lambda r: r["max_peak_vs_base"], 1.2, False))),
     "orchestration": Benchmark(
         "orchestration.py", tiny=["--size", "32"],
         ratios=(Ratio("Prefect flow / direct calls (time)", lambda r: r["overhead_ratio"], 1.1, False),

@@ -1,7 +1,8 @@
 """Prediction of large volumes block by block (the `predict` stage of the blockwise runner).
 
 Each worker loads the model once, on `cuda:{worker_id % n_gpus}` when GPUs exist, else
-the CPU. A block is a whole number of network output tiles; it reads the raw data with
+the CPU with its share of the cores (workers x torch threads never exceed them). A block
+is a whole number of network passes (`block_voxels`); it reads the raw data with
 the network's context, z-scored with the volume's statistics (like training) and padded
 with the mean outside the volume. Blocks with no raw data (no stored chunks, all zeros,
 or outside the optional mask) are skipped and recorded as skipped.
@@ -16,33 +17,20 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from .blockwise import BlockProcessor, RunSettings, Stage, grid_blocks, run_stage
+from .devices import share_cores, worker_device
 from .output_lock import output_lock
+from .predict import context_margin, prediction_tile
 from .input_checks import check_finite, check_not_constant, check_writable
 from .staged_arrays import OutputArray, StagedArrays, committed_fingerprint, stage_key
 from .volumes import VolumeError, container_identity, dataset_fingerprint, open_array, voxel_slices
 
-CODE_VERSION = "blockwise-predict-1"
-
-
-def worker_device() -> str:
-    """`cuda:{worker_id % n_gpus}` for a daisy worker when GPUs exist, else `cpu`."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return "cpu"
-    worker_id = 0
-    try:
-        import daisy
-
-        worker_id = int(daisy.Context.from_env()["worker_id"])
-    except (KeyError, ValueError, RuntimeError):
-        pass
-    return f"cuda:{worker_id % torch.cuda.device_count()}"
+CODE_VERSION = "blockwise-predict-2"  # 2: tiles grown by the test-time augmentation margin
 
 
 class PredictBlock(BlockProcessor):
     def __init__(self, container, raw_dataset, model_file, outputs: dict[str, str], input_shape, output_shape,
-                 block_size, normalization, dtype, batch_size, device=None, empty_dir=None, augment=False):
+                 block_size, normalization, dtype, batch_size, device=None, empty_dir=None, augment=False,
+                 workers_per_machine=1):
         self.container = str(container)
         self.raw_dataset = raw_dataset
         self.model_file = str(model_file)
@@ -56,23 +44,28 @@ class PredictBlock(BlockProcessor):
         self.device = device
         self.empty_dir = str(empty_dir) if empty_dir else None
         self.augment = augment
+        self.workers_per_machine = workers_per_machine
 
     def setup(self):
         from .checkpoints import load_model
 
         self._h_device = self.device or worker_device()
+        if self._h_device == "cpu":
+            share_cores(self.workers_per_machine)
         self._h_model, _ = load_model(self.model_file, self._h_device)
         self._h_raw = open_array(self.container, self.raw_dataset)
         self._h_outputs = {name: open_array(self.container, d, mode="r+") for name, d in self.outputs.items()}
 
     def process(self, block):
-        from .predict import context_margin, predict_with_context
+        from .predict import predict_with_context
 
         raw_array = self._h_raw
         vs = raw_array.voxel_size
         context = Coordinate(context_margin(self._h_model, self.input_shape, self.output_shape, self.augment)) * vs
-        # a shrunk block at the volume's far faces is predicted as a whole block and cropped
-        full = Roi(block.write_roi.begin, self.block_size).grow(context, context)
+        # a block shrunk at the volume's far faces is predicted by the passes it needs, then cropped
+        covered = covering_voxels(self._h_model, self.input_shape, self.output_shape, self.augment,
+                                  block.write_roi.shape / vs)
+        full = Roi(block.write_roi.begin, covered * vs).grow(context, context)
         inside = full.intersect(raw_array.roi)
         raw = raw_array[inside] if not inside.empty else np.zeros(0)
         if not np.any(raw):
@@ -96,6 +89,21 @@ class PredictBlock(BlockProcessor):
             data = data[crop]
             values = np.round(data * 255).astype(np.uint8) if self.dtype == "uint8" else data.astype(np.float32)
             self._h_outputs[name][block.write_roi] = values
+
+
+def block_voxels(model, input_shape, output_shape, tiles, augment: bool) -> Coordinate:
+    """Voxels per axis of a prediction block: what `tiles` network passes per axis cover,
+    less the test-time augmentation margin they also cover beyond the block
+    (`predict.prediction_tile`); `tiles` output tiles without augmentation."""
+    _, tile = prediction_tile(model, input_shape, output_shape, augment)
+    return Coordinate(n * t - (t - o) for n, t, o in zip(tiles, tile, output_shape))
+
+
+def covering_voxels(model, input_shape, output_shape, augment: bool, write_voxels) -> Coordinate:
+    """The smallest region of whole passes (as in `block_voxels`) that covers a block
+    of `write_voxels`."""
+    _, tile = prediction_tile(model, input_shape, output_shape, augment)
+    return Coordinate(max(1, -(-(w + t - o) // t)) * t - (t - o) for w, t, o in zip(write_voxels, tile, output_shape))
 
 
 def _file_sha256(path: Path) -> str:
@@ -163,7 +171,7 @@ def predict_blockwise(
     """Predict `volumes/pred_<output>` for the whole raw ROI block by block (see module doc)."""
     from .checkpoints import input_normalization, input_shift, load_model
     from .config import check_voxel_size
-    from .predict import context_margin, prediction_attrs
+    from .predict import prediction_attrs
 
     container = Path(container).resolve()
     bw = config.blockwise
@@ -178,9 +186,9 @@ def predict_blockwise(
     # the model file defines the network; the config the data and the prediction tile
     input_shape, output_shape = config.with_model(model.config).prediction_shapes
     vs = raw.voxel_size
-    block_voxels = Coordinate(o * t for o, t in zip(output_shape, bw.prediction_tiles))
-    block_size = block_voxels * vs
     augment = config.prediction.test_time_augmentation
+    block = block_voxels(model, input_shape, output_shape, bw.prediction_tiles, augment)
+    block_size = block * vs
     context = Coordinate(context_margin(model, input_shape, output_shape, augment)) * vs
     normalization = input_normalization(raw, config.prediction.normalization, model_file, meta)
     if normalization.std <= 1e-6:  # the sampled chunks are all of one intensity: look further before refusing
@@ -193,7 +201,7 @@ def predict_blockwise(
     probe = {name: channels for name, channels in zip(model.outputs, _output_channels(model, input_shape))}
     key = _prediction_key(config, container, model_file, input_shape, output_shape, dtype, block_size, extra_attrs)
     outputs = [
-        OutputArray(f"volumes/pred_{name}", raw.roi, vs, dtype, tuple(block_voxels), num_channels=channels,
+        OutputArray(f"volumes/pred_{name}", raw.roi, vs, dtype, tuple(block), num_channels=channels,
                     attrs=dict(attrs))
         for name, channels in probe.items()
     ]
@@ -208,7 +216,8 @@ def predict_blockwise(
             "predict", raw.roi, block_size, context,
             PredictBlock(container, config.data.raw_dataset, model_file.resolve(),
                          {name: partials[f"volumes/pred_{name}"] for name in probe}, input_shape, output_shape,
-                         block_size, normalization, dtype, config.prediction.batch_size, device, empty_dir, augment),
+                         block_size, normalization, dtype, config.prediction.batch_size, device, empty_dir, augment,
+                         workers_per_machine=1 if settings.launcher else settings.workers),
             staged.tracking_dir,
             skip_mask=empty_block_mask(raw, raw.roi, block_size, mask),
             log_dir=container / ".lsdflow" / "logs" / "predict",
@@ -247,7 +256,8 @@ def prediction_state(config, container, model_file, output_dtype: str | None = N
     model, _ = load_model(model_file)
     input_shape, output_shape = config.with_model(model.config).prediction_shapes
     vs = open_array(container, config.data.raw_dataset).voxel_size
-    block_size = Coordinate(o * t for o, t in zip(output_shape, config.blockwise.prediction_tiles)) * vs
+    block_size = block_voxels(model, input_shape, output_shape, config.blockwise.prediction_tiles,
+                              config.prediction.test_time_augmentation) * vs
     key = _prediction_key(config, container, model_file, input_shape, output_shape,
                           output_dtype or config.prediction.output_dtype, block_size, extra_attrs)
     done = committed_fingerprint(container, {f"volumes/pred_{name}": key for name in model.outputs})
@@ -268,4 +278,4 @@ def _output_channels(model, input_shape) -> list[int]:
     return [int(r.shape[1]) for r in result]
 
 
-__all__ = ["PredictBlock", "VolumeError", "empty_block_mask", "predict_blockwise", "prediction_key", "worker_device"]
+__all__ = ["PredictBlock", "VolumeError", "empty_block_mask", "predict_blockwise", "prediction_key"]

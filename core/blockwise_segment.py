@@ -10,7 +10,9 @@
   memory (`region_merging.py`), up to threshold 1 so that any threshold can be chosen
   later; every edge gets the score at which its fragments were joined, NaN if never.
 - find segments: connected components per threshold over the whole graph → LUTs.
-- relabel: LUT applied to the fragments, boundary voxels filled per block with context.
+- relabel: LUTs applied to the filled fragments, which the fragments stage writes beside
+  the fragments (boundary voxels given to the fragment they are least separated from, in
+  the block's context): a relabel costs one lookup per threshold written.
 
 Stages are keyed on what they depend on (see `staged_arrays.py`): a rerun with the same
 inputs resumes where it stopped; new inputs recompute, keeping the old result until the
@@ -38,7 +40,9 @@ from .input_checks import check_thresholds, check_writable
 from .staged_arrays import OutputArray, StagedArrays, committed_fingerprint, stage_key
 from .volumes import VolumeError, container_identity, dataset_fingerprint, open_array, voxel_slices
 
-CODE_VERSION = "blockwise-segment-4"  # bump when a stage's results change
+CODE_VERSION = "blockwise-segment-5"  # bump when a stage's results change (5: boundaries filled by fragments)
+FRAGMENTS = "volumes/fragments"  # 0 on boundary voxels: the region graph's nodes
+FILLED_FRAGMENTS = "volumes/fragments_filled"  # the same, boundary voxels filled: what relabel maps
 EDGES_PER_ROW = 1_000_000  # merged edges are stored in rows (SQLite) / blocks (MongoDB) of this many
 
 
@@ -57,8 +61,9 @@ class _GraphBlock(BlockProcessor):
 
 class FragmentsBlock(_GraphBlock):
     def __init__(self, container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size,
-                 fragments_in_xy, min_seed_distance, filter_fragments):
+                 fragments_in_xy, min_seed_distance, filter_fragments, filled_dataset):
         super().__init__(container, affs_dataset, fragments_dataset, graph_url, sample, total_roi, block_size)
+        self.filled_dataset = filled_dataset
         self.fragments_in_xy = fragments_in_xy
         self.min_seed_distance = min_seed_distance
         self.filter_fragments = filter_fragments
@@ -66,6 +71,7 @@ class FragmentsBlock(_GraphBlock):
     def setup(self):
         self._h_affs = open_array(self.container, self.affs_dataset)
         self._h_fragments = open_array(self.container, self.fragments_dataset, mode="r+")
+        self._h_filled = open_array(self.container, self.filled_dataset, mode="r+")
         self._h_store = open_graph_store(self.graph_url, self.sample)
 
     def process(self, block):
@@ -78,7 +84,10 @@ class FragmentsBlock(_GraphBlock):
             raise VolumeError(f"{self.container}/{self.affs_dataset}: NaN or infinite affinities in {read_roi}")
         fragments, depth = fragments_with_depth(affs, self.fragments_in_xy, self.min_seed_distance, self.filter_fragments)
         unique_ids = global_fragment_ids(fragments, depth, read_roi, self.total_roi, vs)
-        unique_ids = unique_ids[voxel_slices(block.write_roi, read_roi, vs)]
+        write = voxel_slices(block.write_roi, read_roi, vs)
+        # filled here, once, with the block's context: relabelling then only maps ids
+        self._h_filled[block.write_roi] = fill_boundaries(unique_ids, affs)[write]
+        unique_ids = unique_ids[write]
         self._h_fragments[block.write_roi] = unique_ids
         # nodes: size and center (nm) of each fragment's part in this block
         ids, local = np.unique(unique_ids, return_inverse=True)
@@ -142,31 +151,21 @@ class BoundaryStatisticsBlock(_GraphBlock):
 
 
 class RelabelBlock(BlockProcessor):
-    def __init__(self, container, affs_dataset, fragments_dataset, luts: dict[float, str], outputs: dict[float, str]):
+    """Each threshold's segmentation: the filled fragments mapped through its LUT."""
+
+    def __init__(self, container, filled_dataset, luts: dict[float, str], outputs: dict[float, str]):
         self.container = str(container)
-        self.affs_dataset = affs_dataset
-        self.fragments_dataset = fragments_dataset
+        self.filled_dataset = filled_dataset
         self.luts = luts
         self.outputs = outputs
 
     def setup(self):
-        self._h_affs = open_array(self.container, self.affs_dataset)
-        self._h_fragments = open_array(self.container, self.fragments_dataset)
+        self._h_filled = open_array(self.container, self.filled_dataset)
         self._h_luts = {t: read_lut(path) for t, path in self.luts.items()}
         self._h_outputs = {t: open_array(self.container, d, mode="r+") for t, d in self.outputs.items()}
 
     def process(self, block):
-        vs = self._h_affs.voxel_size
-        read_roi = block.read_roi.intersect(self._h_affs.roi)
-        fragments = self._h_fragments[read_roi]
-        affs = self._h_affs[read_roi][:3]
-        # fill on consecutive labels: scikit-image's watershed wants small marker values
-        ids, local = np.unique(fragments, return_inverse=True)
-        local = local.reshape(fragments.shape)
-        if ids[0] != 0:
-            ids, local = np.concatenate([[0], ids]).astype(np.uint64), local + 1
-        filled = ids[fill_boundaries(local, affs)[voxel_slices(block.write_roi, read_roi, vs)]]
-        mapper = LutMapper(filled)
+        mapper = LutMapper(self._h_filled[block.write_roi])
         for threshold, output in self._h_outputs.items():
             output[block.write_roi] = mapper.apply(*self._h_luts[threshold])
 
@@ -213,21 +212,19 @@ class BlockwiseSegmentation:
         affs = _check_affinities_dataset(self.container, affs_dataset)
         check_writable(self.container)
         self.roi, self.voxel_size = affs.roi, affs.voxel_size
-        block_nm, context_nm = config.segmentation_blocks_nm
-        self.block_size, self.context = Coordinate(block_nm), Coordinate(context_nm)
+        self.block_size = Coordinate(config.segmentation_block_nm)
         self.fragments_context = Coordinate(config.fragments_context_nm)
         vs = self.voxel_size
-        if any(x % v for size in (self.block_size, self.context, self.fragments_context) for x, v in zip(size, vs)):
+        if any(x % v for size in (self.block_size, self.fragments_context) for x, v in zip(size, vs)):
             raise VolumeError(
                 f"{self.container}/{affs_dataset}: voxel size {tuple(vs)} nm does not divide the block size "
-                f"{tuple(self.block_size)} / context {tuple(self.context)} / fragments context "
-                f"{tuple(self.fragments_context)} nm of the config"
+                f"{tuple(self.block_size)} / fragments context {tuple(self.fragments_context)} nm of the config"
             )
         self.chunk_shape = tuple(self.block_size / vs)
         # credentials travel by environment, never inside what is persisted or pickled
         self.graph_url = credentials_to_environment(graph_url or bw.graph or default_graph_url(self.container))
         self.sample = sample_name(self.container)
-        self.geometry = {"block": tuple(self.block_size), "context": tuple(self.context),
+        self.geometry = {"block": tuple(self.block_size),
                          "fragments_context": tuple(self.fragments_context), "roi": str(self.roi)}
 
     # keys: what each stage's result depends on
@@ -245,16 +242,19 @@ class BlockwiseSegmentation:
                          merge_function=self.merge_function, **self.geometry)
 
     def _stage(self, name, process_block, tracking_dir, context=None) -> Stage:
-        return Stage(name, self.roi, self.block_size, self.context if context is None else context, process_block,
+        context = Coordinate((0,) * self.roi.dims) if context is None else context  # relabel reads no context
+        return Stage(name, self.roi, self.block_size, context, process_block,
                      tracking_dir, log_dir=self.container / ".lsdflow" / "logs" / name)
 
     @_exclusive
     def fragments(self) -> dict:
         key = self.fragments_key
+        attrs = {"affinities": f"{self.container}/{self.affs_dataset}", "graph": redact(self.graph_url)}
         staged = StagedArrays(
             self.container,
-            [OutputArray("volumes/fragments", self.roi, self.voxel_size, "uint64", self.chunk_shape,
-                         attrs={"affinities": f"{self.container}/{self.affs_dataset}", "graph": redact(self.graph_url)})],
+            [OutputArray(FRAGMENTS, self.roi, self.voxel_size, "uint64", self.chunk_shape, attrs=attrs),
+             OutputArray(FILLED_FRAGMENTS, self.roi, self.voxel_size, "uint64", self.chunk_shape,
+                         attrs={**attrs, "fragments": f"{self.container}/{FRAGMENTS}"})],
             key,
         )
         with open_graph_store(self.graph_url, self.sample) as store:
@@ -266,11 +266,13 @@ class BlockwiseSegmentation:
                 for mf in store.merge_functions():
                     store.clear_edges(mf)
                 store.set_meta("fragments_key", key)
-                shutil.rmtree(self.container / staged.partial(staged.outputs[0]), ignore_errors=True)
+                for output in staged.outputs:
+                    shutil.rmtree(self.container / staged.partial(output), ignore_errors=True)
         partials = staged.prepare()
         summary = run_stage(self._stage("fragments", FragmentsBlock(
-            self.container, self.affs_dataset, partials["volumes/fragments"], self.graph_url, self.sample, self.roi,
+            self.container, self.affs_dataset, partials[FRAGMENTS], self.graph_url, self.sample, self.roi,
             self.block_size, self.fragments_in_xy, self.min_seed_distance, self.filter_fragments,
+            partials[FILLED_FRAGMENTS],
         ), staged.tracking_dir, context=self.fragments_context), self.settings)
         staged.commit()
         return {**summary, "key": key}
@@ -296,7 +298,7 @@ class BlockwiseSegmentation:
             if stale != tracking:
                 shutil.rmtree(stale, ignore_errors=True)
         summary = run_stage(self._stage("agglomerate", BoundaryStatisticsBlock(
-            self.container, self.affs_dataset, "volumes/fragments", self.graph_url, self.sample, self.roi,
+            self.container, self.affs_dataset, FRAGMENTS, self.graph_url, self.sample, self.roi,
             self.block_size,
         ), tracking, context=self.voxel_size), self.settings)  # the pairs across the lower faces: one voxel
         start = time.perf_counter()
@@ -344,7 +346,7 @@ class BlockwiseSegmentation:
                 f"volumes/segmentation/{self.merge_function}/{t:g}", self.roi, self.voxel_size, "uint64",
                 self.chunk_shape,
                 attrs={"threshold": t, "merge_function": self.merge_function, "lut": str(lut_path(luts_dir, t)),
-                       "fragments": f"{self.container}/volumes/fragments", "graph": redact(self.graph_url)},
+                       "fragments": f"{self.container}/{FILLED_FRAGMENTS}", "graph": redact(self.graph_url)},
                 key=stage_key(stage="relabel", code=CODE_VERSION, edges=edges_key, threshold=t, **self.geometry),
             )
             for t in sorted(float(t) for t in thresholds)
@@ -357,7 +359,7 @@ class BlockwiseSegmentation:
         with open_graph_store(self.graph_url, self.sample) as store:
             if store.get_meta("fragments_key") != key:
                 return None
-        return committed_fingerprint(self.container, {"volumes/fragments": key})
+        return committed_fingerprint(self.container, {FRAGMENTS: key, FILLED_FRAGMENTS: key})
 
     def edges_done(self) -> str | None:
         key = self.edges_key()
@@ -400,7 +402,7 @@ class BlockwiseSegmentation:
         staged = StagedArrays(self.container, missing, stage_key(keys=[o.key for o in missing]))
         partials = staged.prepare()
         summary = run_stage(self._stage("relabel", RelabelBlock(
-            self.container, self.affs_dataset, "volumes/fragments",
+            self.container, FILLED_FRAGMENTS,
             {float(o.attrs["threshold"]): o.attrs["lut"] for o in missing},
             {float(o.attrs["threshold"]): partials[o.dataset] for o in missing},
         ), staged.tracking_dir), self.settings)
@@ -434,7 +436,7 @@ def segment_blockwise(
     return {
         "graph": redact(job.graph_url),
         "stages": stages,
-        "fragments": job.container / "volumes/fragments",
+        "fragments": job.container / FRAGMENTS,
         "luts": found["luts"],
         "segmentations": job.segmentation_datasets(thresholds),
     }

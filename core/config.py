@@ -308,9 +308,6 @@ class BlockwiseConfig(_Strict):
     block_size_nm: Vec3 | None = Field(
         None, description="segmentation write block in nm; default 128 voxels per axis"
     )
-    context_nm: Vec3 | None = Field(
-        None, description="read margin per side for relabelling blocks; default 8 voxels per axis"
-    )
     fragments_context_nm: Vec3 | None = Field(
         None,
         description="read margin per side for the fragments' watershed; default 32 voxels per axis "
@@ -372,7 +369,7 @@ class LsdflowConfig(_Strict):
                         f"{geometry.nearest_valid_sizes(axis, size)}"
                     )
         vs = self.data.voxel_size
-        for name in ("block_size_nm", "context_nm", "fragments_context_nm"):
+        for name in ("block_size_nm", "fragments_context_nm"):
             value = getattr(self.blockwise, name)
             if value is not None and any(x % v or x < 0 for x, v in zip(value, vs)):
                 raise ValueError(
@@ -415,12 +412,9 @@ class LsdflowConfig(_Strict):
         return self.model_copy(update={"model": model, "prediction": prediction})
 
     @property
-    def segmentation_blocks_nm(self) -> tuple[Vec3, Vec3]:
-        """(block size, context) in nm for the segmentation stages."""
-        vs = self.data.voxel_size
-        block = self.blockwise.block_size_nm or tuple(128 * v for v in vs)
-        context = self.blockwise.context_nm or tuple(8 * v for v in vs)
-        return tuple(block), tuple(context)  # type: ignore[return-value]
+    def segmentation_block_nm(self) -> Vec3:
+        """Write block in nm of the segmentation stages."""
+        return tuple(self.blockwise.block_size_nm or (128 * v for v in self.data.voxel_size))  # type: ignore
 
     @property
     def fragments_context_nm(self) -> Vec3:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .test_time_augmentation import MIRRORINGS, augmentation_margin, predict_mirrored
-from .train import default_device
+from .devices import default_device
 
 
 def tile_starts(size: int, tile: int) -> list[int]:
@@ -71,8 +71,8 @@ def predict_with_context(
     augmentation, 8x the compute); the region then lies `context_margin` inside the faces."""
     device = device or default_device()
     model = model.to(device).eval()
-    input_shape, output_shape = tuple(input_shape), tuple(output_shape)
-    passes = len(MIRRORINGS) if augment else 1
+    input_shape, output_shape = prediction_tile(model, input_shape, output_shape, augment)
+    passes = len(MIRRORINGS) if augment and any(name.endswith("affs") for name in model.outputs) else 1
     bar = None
     if progress:
         from tqdm import tqdm
@@ -92,6 +92,21 @@ def predict_with_context(
     finally:
         if bar is not None:
             bar.close()
+
+
+def prediction_tile(model: torch.nn.Module, input_shape, output_shape, augment: bool = False
+                    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(input, output) shape of one network pass. The mirrored passes of test-time
+    augmentation cover the region plus `augmentation_margin` on each side; the tile grows
+    by that margin (still a valid input: the margin is whole downsampling steps) so that a
+    region of n output tiles takes n passes, not (n + 1) per axis: a one-tile block took
+    8 passes per mirroring before."""
+    input_shape, output_shape = tuple(input_shape), tuple(output_shape)
+    if not augment:
+        return input_shape, output_shape
+    margin = augmentation_margin(model.config.affinity_neighborhood, model.config.downsample_factors)
+    return (tuple(i + 2 * m for i, m in zip(input_shape, margin)),
+            tuple(o + 2 * m for o, m in zip(output_shape, margin)))
 
 
 def context_margin(model: torch.nn.Module, input_shape, output_shape, augment: bool = False) -> tuple[int, ...]:

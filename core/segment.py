@@ -68,15 +68,31 @@ def _seeded_watershed(boundary_distances: np.ndarray, mask: np.ndarray, min_seed
     return fragments, n + n_orphans
 
 
+def consecutive_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, consecutive) with `ids[consecutive] == labels`: labels 1..n in the order of
+    their ids, 0 kept for 0 (boundary) whether or not `labels` holds any."""
+    ids, consecutive = np.unique(labels, return_inverse=True)
+    consecutive = consecutive.reshape(labels.shape).astype(np.uint64)
+    if not len(ids) or ids[0] != 0:
+        ids = np.concatenate([[0], ids]).astype(labels.dtype)
+        consecutive += 1
+    return ids, consecutive
+
+
 def fill_boundaries(segmentation: np.ndarray, affs: np.ndarray) -> np.ndarray:
     """Give every boundary voxel (0) to the segment it is least separated from.
 
     Done after agglomeration: boundary voxels left out of the fragments keep the region
     graph clean (edges only where fragments touch), and filling them afterwards avoids a
-    segment "0" that would count as one huge false merge."""
+    segment "0" that would count as one huge false merge. Any ids: large ones (the
+    blockwise fragments' global ids) are made consecutive first, as scikit-image's
+    watershed sizes its work by the largest marker."""
     unlabelled = segmentation == 0
     if not unlabelled.any():
         return segmentation
+    if segmentation.max() > segmentation.size:
+        ids, consecutive = consecutive_labels(segmentation)
+        return ids[fill_boundaries(consecutive, affs)]
     boundary = 1.0 - as_float_affinities(affs[:3]).mean(axis=0)
     # flooding only ever crosses unlabelled voxels: a watershed restricted to them and
     # their labelled rim gives the same result as one over the whole volume, 5-10x faster
@@ -164,10 +180,7 @@ def agglomerate(
     if fragments.shape != affs.shape[1:]:
         raise ValueError(f"fragments {fragments.shape} do not match affinities {affs.shape[1:]}")
     # waterz's memory grows with the largest id: relabel to consecutive ids first
-    ids, consecutive = np.unique(fragments, return_inverse=True)
-    consecutive = consecutive.reshape(fragments.shape).astype(np.uint64)
-    if ids[0] != 0:
-        consecutive += 1  # keep 0 for boundary voxels only
+    _, consecutive = consecutive_labels(fragments)
     thresholds = sorted(float(t) for t in thresholds)
     # boundary voxels are assigned to fragments once; each threshold then only maps
     # fragments to segments (one watershed instead of one per threshold)

@@ -79,6 +79,8 @@ def predict_mirrored(
     crop = (slice(None),) + tuple(slice(m, -m if m else None) for m in margin)
     averaged = [name.endswith("affs") for name in names]
     results = [o[crop] for o in predict(normalized)]
+    if not any(averaged):  # e.g. an LSD-only model: the mirrored passes would change nothing
+        return tuple(results)
     for axes in MIRRORINGS[1:]:
         outputs = predict(np.flip(normalized, axes).copy())
         for k, (name, output) in enumerate(zip(names, outputs)):

@@ -29,6 +29,7 @@ from lsd.train.gp import AddLocalShapeDescriptor
 
 from .checkpoints import latest_checkpoint, save_training_checkpoint
 from .config import ConfigError, LsdflowConfig, ModelConfig, VolumeRef, check_voxel_size
+from .devices import default_device
 from .losses import MultiTaskWeightedMSELoss
 from .models import build_model
 from .blur_augment import BlurAugment
@@ -36,10 +37,6 @@ from .intensity import intensity_stats, normalization_factor
 from .volumes import VolumeError, open_array
 
 logger = logging.getLogger(__name__)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass

@@ -78,3 +78,47 @@ def test_augmented_prediction_of_a_network_covers_the_volume(gala_test):
     lsds, affs = predict_array(model, raw, *shapes, normalization, device="cpu", augment=True)
     assert affs.shape == plain_affs.shape and lsds.shape == plain_lsds.shape
     assert affs.min() >= 0 and affs.max() <= 1 and 0 < np.abs(affs - plain_affs).mean() < 0.1
+
+
+def test_a_block_of_one_tile_costs_one_pass_per_mirroring():
+    """The mirrored passes cover the tile plus the margin: the tile grows by it, so a
+    one-tile block takes 8 passes (it took 64 when the margin spilled into a second
+    tile per axis), and a block shrunk at the volume's face no more than it needs."""
+    from lsdflow.core.blockwise_predict import block_voxels, covering_voxels
+    from lsdflow.core.config import load_config
+    from lsdflow.core.models import build_model
+    from lsdflow.core.predict import context_margin, predict_with_context, prediction_tile
+
+    from .conftest import TINY
+
+    config = load_config("gala", TINY)
+    model = build_model(config.model).eval()
+    input_shape, output_shape = config.prediction_shapes  # 76^3 -> 36^3
+    margin = augmentation_margin(model.config.affinity_neighborhood, model.config.downsample_factors)
+    assert prediction_tile(model, input_shape, output_shape, True) == (
+        tuple(i + 2 * m for i, m in zip(input_shape, margin)), tuple(o + 2 * m for o, m in zip(output_shape, margin)))
+    assert prediction_tile(model, input_shape, output_shape, False) == (input_shape, output_shape)
+    assert tuple(block_voxels(model, input_shape, output_shape, (1, 1, 1), True)) == output_shape
+    assert tuple(block_voxels(model, input_shape, output_shape, (2, 1, 1), False)) == (72, 36, 36)
+    assert tuple(covering_voxels(model, input_shape, output_shape, True, (5, 36, 20))) == output_shape
+
+    passes = []
+    model.register_forward_hook(lambda *_: passes.append(1))
+    context = context_margin(model, input_shape, output_shape, augment=True)
+    x = np.zeros(tuple(o + 2 * c for o, c in zip(output_shape, context)), np.float32)
+    affs = predict_with_context(model, x, input_shape, output_shape, device="cpu", augment=True)[1]
+    assert len(passes) == len(MIRRORINGS) and affs.shape[1:] == output_shape
+
+
+def test_blockwise_workers_share_the_cores(monkeypatch):
+    import torch
+
+    from lsdflow.core import devices
+
+    monkeypatch.setattr(devices, "available_cores", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        assert devices.share_cores(2) == 4 and torch.get_num_threads() == 4
+        assert devices.share_cores(16) == 1
+    finally:
+        torch.set_num_threads(before)

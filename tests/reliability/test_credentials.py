@@ -37,7 +37,7 @@ def test_a_password_in_the_url_moves_to_the_environment_and_out_of_the_worker_pa
     assert SECRET not in job.graph_url and job.graph_url == "mongodb://db.example.org:27017/lsdflow"
     assert os.environ[PASSWORD_ENV] == SECRET and os.environ[USER_ENV] == "lab"
     block = FragmentsBlock(job.container, job.affs_dataset, "volumes/fragments", job.graph_url, job.sample, job.roi,
-                           job.block_size, False, 10, 0.0)
+                           job.block_size, False, 10, 0.0, "volumes/fragments_filled")
     assert SECRET.encode() not in pickle.dumps(block)
 
 
