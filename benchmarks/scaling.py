@@ -7,7 +7,12 @@ Mvox/s, and the peak memory of the whole process tree (this process and its dais
 workers, resident set sampled every 50 ms with psutil). Flat memory: a stage's peak does
 not grow with the volume; linear time: 8x the volume takes at most 9x the time.
 
-    python benchmarks/scaling.py [--base 96] [--factors 1 2 3] [--workers 2]
+The segmentation blocks are the default geometry scaled down (a third of the base edge,
+fragments context a quarter of the block, as 32 of 128 by default) so that even the base
+volume has interior blocks: a stage's peak is set by its largest block, one with context
+on every side, and a volume of face blocks only would look flatter than it is.
+
+    python benchmarks/scaling.py [--base 96] [--factors 1 2 3] [--workers 2] [--block N]
         [--set SECTION.FIELD=VALUE ...] [--out FILE]
 
 Test-time augmentation is off by default here (`--set prediction.test_time_augmentation=true`
@@ -45,13 +50,16 @@ class PeakMemory:
     def __init__(self, interval_s: float = 0.05):
         self.interval_s = interval_s
         self.peak = 0
+        self.main_peak = 0  # this process alone (the scheduler; the agglomerate stage's merge)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _tree_rss(self) -> int:
         me = psutil.Process()
-        total = 0
-        for process in [me, *me.children(recursive=True)]:
+        main = me.memory_info().rss
+        self.main_peak = max(self.main_peak, main)
+        total = main
+        for process in me.children(recursive=True):
             try:
                 total += process.memory_info().rss
             except psutil.Error:  # a worker that just ended
@@ -79,7 +87,8 @@ def measured(row: dict, stage: str):
     began = time.perf_counter()
     with PeakMemory() as memory:
         yield
-    row[stage] = {"seconds": time.perf_counter() - began, "peak_gb": memory.peak / 1e9}
+    row[stage] = {"seconds": time.perf_counter() - began, "peak_gb": memory.peak / 1e9,
+                  "main_process_peak_gb": memory.main_peak / 1e9}
 
 
 def mirrored_raw(edge: int) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -108,7 +117,7 @@ def run_size(edge: int, config, settings: RunSettings, workdir: Path) -> dict:
     with measured(row, "fragments"):
         row["blocks"] = job.fragments()["blocks"]
     with measured(row, "agglomerate"):
-        job.agglomerate()
+        row["edges"] = job.agglomerate()["edges"]  # its merge holds the whole region graph in one process
     with measured(row, "find_segments"):
         job.find_segments(thresholds)
     with measured(row, "relabel"):
@@ -122,10 +131,19 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=96, help="edge of the 1x volume (voxels)")
     parser.add_argument("--factors", type=int, nargs="+", default=[1, 2, 3], help="edge multiples: 1, 8, 27x the voxels")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--block", type=int, help="segmentation block edge in voxels (default: a third of --base, "
+                        "so that the base volume has interior blocks; fragments context a quarter of it)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scaling.json")
     args = parser.parse_args()
-    config = load_config("gala", ["prediction.test_time_augmentation=false", *args.set])
+    block = args.block or max(8, args.base // 3)
+    # a stage's peak is set by its largest block: one with context on every side; a volume of
+    # face blocks only (the default 128^3 blocks on a small base) reads less and looks flatter
+    # the default geometry scaled down (128^3 blocks, 32 voxels of fragments context): same ratio
+    vs = load_config("gala").data.voxel_size
+    block_nm, context_nm = [block * v for v in vs], [max(1, block // 4) * v for v in vs]
+    config = load_config("gala", ["prediction.test_time_augmentation=false", f"blockwise.block_size_nm={block_nm}",
+                                  f"blockwise.fragments_context_nm={context_nm}", *args.set])
     settings = RunSettings(workers=args.workers, progress=False)
     workdir = Path(tempfile.mkdtemp(prefix="lsdflow-scaling-"))
     try:
@@ -133,9 +151,10 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     base = rows[0]
-    result = {"base_edge": args.base, "factors": args.factors, "workers": args.workers,
+    result = {"base_edge": args.base, "segmentation_block": block, "factors": args.factors, "workers": args.workers,
               "test_time_augmentation": config.prediction.test_time_augmentation, "sizes": rows, "stages": {}}
-    print(f"{'stage':14s} " + " ".join(f"{f'{r['voxels'] / 1e6:.1f} Mvox':>22s}" for r in rows)
+    sizes = [f"{r['voxels'] / 1e6:.1f} Mvox" for r in rows]
+    print(f"{'stage':14s} " + " ".join(f"{size:>22s}" for size in sizes)
           + f" {'time/base time per voxel':>26s} {'peak / base peak':>18s}")
     for stage in STAGES:
         per_voxel = [r[stage]["seconds"] / r["voxels"] / (base[stage]["seconds"] / base["voxels"]) for r in rows]

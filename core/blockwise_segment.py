@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 from funlib.geometry import Coordinate
-from scipy import ndimage
 
 from .blockwise import BlockProcessor, RunSettings, Stage, block_index, run_stage
 from .find_segments import LutMapper, read_lut, segment_luts, write_luts
@@ -43,6 +42,7 @@ from .volumes import VolumeError, container_identity, dataset_fingerprint, open_
 CODE_VERSION = "blockwise-segment-5"  # bump when a stage's results change (5: boundaries filled by fragments)
 FRAGMENTS = "volumes/fragments"  # 0 on boundary voxels: the region graph's nodes
 FILLED_FRAGMENTS = "volumes/fragments_filled"  # the same, boundary voxels filled: what relabel maps
+FILL_CONTEXT = Coordinate((8, 8, 8))  # voxels around a block that its boundary filling sees
 EDGES_PER_ROW = 1_000_000  # merged edges are stored in rows (SQLite) / blocks (MongoDB) of this many
 
 
@@ -85,8 +85,12 @@ class FragmentsBlock(_GraphBlock):
         fragments, depth = fragments_with_depth(affs, self.fragments_in_xy, self.min_seed_distance, self.filter_fragments)
         unique_ids = global_fragment_ids(fragments, depth, read_roi, self.total_roi, vs)
         write = voxel_slices(block.write_roi, read_roi, vs)
-        # filled here, once, with the block's context: relabelling then only maps ids
-        self._h_filled[block.write_roi] = fill_boundaries(unique_ids, affs)[write]
+        # filled here, once, with FILL_CONTEXT of the block's context (boundaries are a few
+        # voxels thick; the old relabel stage read as much): relabelling then only maps ids
+        fill_roi = block.write_roi.grow(FILL_CONTEXT * vs, FILL_CONTEXT * vs).intersect(read_roi)
+        near = voxel_slices(fill_roi, read_roi, vs)
+        filled = fill_boundaries(unique_ids[near], affs[(slice(None), *near)])
+        self._h_filled[block.write_roi] = filled[voxel_slices(block.write_roi, fill_roi, vs)]
         unique_ids = unique_ids[write]
         self._h_fragments[block.write_roi] = unique_ids
         # nodes: size and center (nm) of each fragment's part in this block
@@ -111,11 +115,8 @@ def global_fragment_ids(fragments: np.ndarray, depth: np.ndarray, roi, total_roi
     the whole volume. A fragment cut by a block face is the same fragment in the blocks on
     both sides when both watersheds flood it from the same core, and then gets the same
     id there: the pieces are stitched without a merge decision, as in memory."""
-    labels = np.unique(fragments)
-    labels = labels[labels != 0]
-    out = np.zeros(fragments.shape, dtype=np.uint64)
-    if not len(labels):
-        return out
+    if not fragments.any():
+        return np.zeros(fragments.shape, dtype=np.uint64)
     offset = np.array((roi.begin - total_roi.begin) / voxel_size, dtype=np.int64)
     shape = tuple(total_roi.shape / voxel_size)
     # depths tie along a neurite (a ridge of equal distances); a fixed jitter per voxel of the
@@ -123,11 +124,19 @@ def global_fragment_ids(fragments: np.ndarray, depth: np.ndarray, roi, total_roi
     grid = np.ix_(*(np.arange(o, o + n) for o, n in zip(offset, fragments.shape)))
     index = np.ravel_multi_index(grid, shape).astype(np.uint64)
     jitter = ((index * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)).astype(np.float64) / 2.0**24
-    deepest = np.array(ndimage.maximum_position(depth + 1e-3 * jitter, fragments, labels), dtype=np.int64).reshape(-1, 3)
+    label_of = fragments.ravel().astype(np.int64)
+    value = (depth + 1e-3 * jitter).ravel()
+    # the deepest voxel of each fragment, the first in z, y, x order among equals (an order
+    # every block agrees on); a scatter-max, 10x faster than scipy's maximum_position (a sort)
+    best = np.full(int(label_of.max()) + 1, -np.inf)
+    np.maximum.at(best, label_of, value)
+    candidates = np.flatnonzero((value == best[label_of]) & (label_of > 0))
+    found, first = np.unique(label_of[candidates], return_index=True)
+    deepest = np.stack(np.unravel_index(candidates[first], fragments.shape), axis=1)
     names = np.ravel_multi_index(tuple((deepest + offset).T), shape).astype(np.uint64) + 1
-    lookup = np.zeros(int(fragments.max()) + 1, dtype=np.uint64)
-    lookup[labels.astype(np.int64)] = names
-    return lookup[fragments.astype(np.int64)]
+    lookup = np.zeros(len(best), dtype=np.uint64)
+    lookup[found] = names
+    return lookup[label_of].reshape(fragments.shape)
 
 
 class BoundaryStatisticsBlock(_GraphBlock):
