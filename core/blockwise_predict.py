@@ -96,14 +96,15 @@ def block_voxels(model, input_shape, output_shape, tiles, augment: bool) -> Coor
     less the test-time augmentation margin they also cover beyond the block
     (`predict.prediction_tile`); `tiles` output tiles without augmentation."""
     _, tile = prediction_tile(model, input_shape, output_shape, augment)
-    return Coordinate(n * t - (t - o) for n, t, o in zip(tiles, tile, output_shape))
+    margins = [t - o for t, o in zip(tile, output_shape)]  # both sides
+    return Coordinate(n * t - m for n, t, m in zip(tiles, tile, margins))
 
 
 def covering_voxels(model, input_shape, output_shape, augment: bool, write_voxels) -> Coordinate:
-    """The smallest region of whole passes (as in `block_voxels`) that covers a block
-    of `write_voxels`."""
+    """The smallest block of whole passes (`block_voxels`) that covers `write_voxels`."""
     _, tile = prediction_tile(model, input_shape, output_shape, augment)
-    return Coordinate(max(1, -(-(w + t - o) // t)) * t - (t - o) for w, t, o in zip(write_voxels, tile, output_shape))
+    passes = [max(1, -(-(w + t - o) // t)) for w, t, o in zip(write_voxels, tile, output_shape)]
+    return block_voxels(model, input_shape, output_shape, passes, augment)
 
 
 def _file_sha256(path: Path) -> str:
