@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # machine without torch pulls the newest CUDA build (gigabytes).
 TORCH  := torch==2.13.0
 
-.PHONY: install demo test test-fast test-burst benchmarks clean
+.PHONY: install demo test test-fast test-burst benchmarks peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,5 +37,17 @@ test-burst: install
 benchmarks: install
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
+# lsdflow against volara on the same real affinities; volara 1.0.5 needs daisy 1.x, so it
+# gets a virtual environment of its own (made once); `make peers PEER_ARGS="--crop 48"` is quick
+PEER_VENV := benchmarks/peers/.venv-volara
+
+$(PEER_VENV)/.installed:
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet volara==1.0.5
+	touch $@
+
+peers: install $(PEER_VENV)/.installed
+	$(BIN)/python benchmarks/peers/volara_compare.py --volara-python $(PEER_VENV)/bin/python $(PEER_ARGS)
+
 clean:
-	rm -rf $(VENV) workspace .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) workspace .pytest_cache

@@ -54,6 +54,7 @@ class Benchmark:
     tiny: list[str] = field(default_factory=list)  # for --tiny
     ratios: tuple[Ratio, ...] = ()
     extra_outputs: tuple[str, ...] = ()  # options naming other files the script writes
+    requires: tuple[Path, str] | None = None  # a file it needs, and how to make it: skipped without it
 
 
 def _quality(dataset: str) -> Callable[[dict], float | None]:
@@ -119,6 +120,13 @@ BENCHMARKS: dict[str, Benchmark] = {
         "quality_baselines.py", tiny=["--config", "gala", "--set", "prediction.test_time_augmentation=false"],
         ratios=(Ratio("gala test: best model / raw watershed (VOI sum)", _quality("gala"), 1.0, False),
                 Ratio("medulla test: best model / raw watershed (VOI sum)", _quality("medulla"), 1.0, False))),
+    "peers_volara": Benchmark(
+        "peers/volara_compare.py", tiny=["--crop", "40"],
+        requires=(ROOT / "benchmarks" / "peers" / ".venv-volara" / "bin" / "python",
+                  "volara's own environment: `make peers` creates it"),
+        ratios=(Ratio("blockwise post-processing: lsdflow / volara at its best setting (speed)",
+                      lambda r: r["ratios"]["lsdflow_speed_vs_volara"], 1.0),
+                Ratio("best VOI sum: lsdflow - volara", lambda r: r["ratios"]["lsdflow_voi_minus_volara"], 0.0, False))),
     "gpu": Benchmark(
         "gpu.py", tiny=["--device", "cpu", "--tiny", "--seconds", "0.2", "--batch-sizes", "1", "2"],
         ratios=(Ratio("GPU, gala network: best forward / published MTLSD rate", _gpu_best("gala")),
@@ -151,6 +159,9 @@ def describe_machine() -> dict:
 
 def run_one(name: str, bench: Benchmark, tiny: bool, scratch: Path) -> dict:
     out = scratch / f"{name}.json"
+    if bench.requires and not bench.requires[0].exists():
+        print(f"== {name}: skipped, {bench.requires[0]} is missing ({bench.requires[1]})", flush=True)
+        return {"script": f"benchmarks/{bench.script}", "skipped": f"{bench.requires[0]} is missing ({bench.requires[1]})"}
     command = [sys.executable, str(ROOT / "benchmarks" / bench.script), *(bench.tiny if tiny else bench.args),
                "--out", str(out)]
     for option in bench.extra_outputs:
@@ -192,12 +203,16 @@ def markdown(report: dict) -> str:
         if "error" in entry:
             lines.append(f"| {name} | failed (exit {entry['returncode']}) | | | |")
             continue
+        if "skipped" in entry:
+            lines.append(f"| {name} | skipped: {entry['skipped']} | | | |")
+            continue
         for ratio_name, r in entry["ratios"].items():
             value = "n/a" if r["value"] is None else f"{r['value']:.3g}"
             target = "" if r["target"] is None else ("≥ " if r["higher_is_better"] else "≤ ") + f"{r['target']:g}"
             met = {True: "yes", False: "**no**", None: ""}[r["meets"]]
             lines.append(f"| {name} | {ratio_name} | {value} | {target} | {met} |")
-    lines += ["", "Seconds per benchmark: " + ", ".join(f"{n} {e['seconds']:g}" for n, e in report["benchmarks"].items()), ""]
+    lines += ["", "Seconds per benchmark: " + ", ".join(f"{n} {e['seconds']:g}" for n, e in report["benchmarks"].items()
+                                                      if "seconds" in e), ""]
     return "\n".join(lines)
 
 

@@ -27,6 +27,9 @@ def test_every_benchmark_runs_on_a_tiny_input_and_writes_one_dated_report(tmp_pa
     assert report["machine"]["cpus"] >= 1 and report["machine"]["torch"] == torch.__version__
     for name, entry in report["benchmarks"].items():
         assert "error" not in entry, (name, entry.get("error"))
+        if "skipped" in entry:  # only a benchmark that needs an environment of its own
+            assert name == "peers_volara" and "make peers" in entry["skipped"]
+            continue
         assert isinstance(entry["result"], (dict, list)) and entry["result"], name
         for ratio, value in entry["ratios"].items():
             assert value["value"] is None or value["value"] == value["value"], (name, ratio)  # not NaN
@@ -47,3 +50,30 @@ def test_gpu_benchmark_says_no_gpu_without_one(tmp_path):
     assert process.returncode == 0, process.stderr
     assert "no GPU" in process.stdout
     assert json.loads(out.read_text()) == {"gpu": None, "reason": "no CUDA device"}
+
+
+VOLARA_PYTHON = ROOT / "benchmarks" / "peers" / ".venv-volara" / "bin" / "python"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not VOLARA_PYTHON.exists(), reason="volara's environment is absent (`make peers` creates it)")
+def test_volara_peer_runs_both_tools_on_the_same_affinities(tmp_path):
+    out = tmp_path / "peers.json"
+    process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers" / "volara_compare.py"), "--crop", "32",
+                              "--volara-python", str(VOLARA_PYTHON), "--out", str(out)],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert {"lsdflow", "one waterz call"} <= set(result["results"]) and len(result["results"]) == 4
+    for name, tool in result["results"].items():
+        assert tool["total_seconds"] > 0 and all(0 <= row["voi_sum"] < 20 for row in tool["rows"]), name
+    volara = [tool for name, tool in result["results"].items() if name.startswith("volara")]
+    assert all(set(tool["seconds"]) == {"fragments", "agglomerate", "find_segments", "relabel"} for tool in volara)
+
+
+def test_volara_peer_without_its_environment_says_how_to_make_it(tmp_path):
+    process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers" / "volara_compare.py"),
+                              "--volara-python", str(tmp_path / "missing" / "python")],
+                             capture_output=True, text=True, cwd=ROOT)
+    assert process.returncode != 0
+    assert "lsdflow: error:" in process.stderr and "make peers" in process.stderr
