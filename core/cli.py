@@ -81,7 +81,18 @@ def cmd_config_list(args) -> int:
 
 def cmd_convert(args) -> int:
     from .convert import convert
+    from .volumes import list_datasets, repair_hierarchy
 
+    if args.repair:  # `lsdflow convert --repair CONTAINER`: the one path is the container
+        if args.output is not None:
+            raise VolumeError("--repair takes one path, the Zarr container to repair")
+        if not (args.source.suffix == ".zarr" or (args.source / ".zgroup").is_file()) or not list_datasets(args.source):
+            raise VolumeError(f"{args.source}: not a Zarr container with arrays (expected a .zarr directory)")
+        added = repair_hierarchy(args.source)
+        print(f"{args.source}: added {len(added)} missing group(s)" + "".join(f"\n  {p.parent}" for p in added))
+        return 0
+    if args.output is None:
+        raise VolumeError("convert needs an output .zarr container (or --repair CONTAINER)")
     out = convert(
         args.source,
         args.output,
@@ -292,12 +303,15 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
         "convert", help="convert HDF5 (CREMI layout), TIFF or N5/Zarr into lsdflow's Zarr layout"
     )
     convert.add_argument("source", type=Path, help=".h5/.hdf5, .zarr, .n5, .tif stack or directory of .tif sections")
-    convert.add_argument("output", type=Path, help="output .zarr container")
+    convert.add_argument("output", type=Path, nargs="?", help="output .zarr container")
     convert.add_argument("--labels", type=Path, help="neuron labels in a separate file (TIFF or HDF5/Zarr)")
     convert.add_argument("--voxel-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="nm; required for TIFF")
     convert.add_argument("--offset", type=int, nargs=3, metavar=("Z", "Y", "X"), help="nm; default from the file or 0")
     convert.add_argument("--chunk-shape", type=int, nargs=3, default=(64, 64, 64), metavar=("Z", "Y", "X"))
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    convert.add_argument("--repair", action="store_true",
+                         help="make SOURCE, a Zarr container written without group files, a proper zarr 2 "
+                              "hierarchy in place (adds the missing .zgroup files; no data is touched)")
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(func=cmd_convert)
 

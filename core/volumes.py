@@ -16,7 +16,7 @@ import zarr
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds, prepare_ds
 
-from .atomic import replacing
+from .atomic import partial_path, replacing
 
 RAW = "volumes/raw"
 NEURON_IDS = "volumes/labels/neuron_ids"
@@ -64,6 +64,35 @@ def list_datasets(container: str | os.PathLike) -> list[str]:
     )
 
 
+ZGROUP = '{\n    "zarr_format": 2\n}'
+
+
+def ensure_groups(container: str | os.PathLike, dataset: str) -> list[Path]:
+    """Make `container` and every folder between it and `dataset` a zarr 2 group
+    (a `.zgroup` file), so that readers walking the hierarchy (`zarr.open(...).tree()`,
+    napari, ome-zarr tools) find the arrays; returns the groups it added."""
+    root = Path(container)
+    added = []
+    for folder in [root, *(root / p for p in Path(dataset).parents if str(p) != ".")]:
+        if not (folder / ".zgroup").is_file() and not (folder / ".zarray").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            # workers may race here: each renames its own copy of the same bytes over the file
+            partial = partial_path(folder / ".zgroup")
+            partial.write_text(ZGROUP)
+            os.replace(partial, folder / ".zgroup")
+            added.append(folder / ".zgroup")
+    return added
+
+
+def repair_hierarchy(container: str | os.PathLike) -> list[Path]:
+    """Add the `.zgroup` files missing above any array of `container` (containers written
+    before lsdflow wrote them, or by other tools); returns the groups it added."""
+    added: list[Path] = []
+    for dataset in list_datasets(container):
+        added += ensure_groups(container, dataset)
+    return added
+
+
 def create_array(
     container: str | os.PathLike,
     dataset: str,
@@ -79,6 +108,7 @@ def create_array(
     """Create a dataset covering `roi` (nm), optionally with a leading channel axis."""
     voxel_size = Coordinate(voxel_size)
     shape = tuple(roi.shape / voxel_size)
+    ensure_groups(container, dataset)
     axis_names = list(AXIS_NAMES)
     if num_channels is not None:
         shape = (num_channels, *shape)

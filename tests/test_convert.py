@@ -213,3 +213,53 @@ def test_cli_convert_reports_errors_without_traceback(tmp_path, gala_arrays, cap
     assert "volumes/raw" in capsys.readouterr().out
     assert cli(["convert", str(src), str(tmp_path / "c.zarr"), "--quiet"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def _walk(container: Path, dataset: str):
+    """Open `dataset` by walking the zarr hierarchy group by group, as napari and
+    `zarr.open(...).tree()` do (a folder without `.zgroup` ends the walk)."""
+    node = zarr.open(str(container), mode="r")
+    for part in dataset.split("/"):
+        node = node[part]
+    return node
+
+
+def test_every_container_lsdflow_writes_is_a_zarr_hierarchy(tmp_path, gala_arrays):
+    from funlib.geometry import Roi
+
+    from lsdflow.core.volumes import write_array
+
+    raw, labels = gala_arrays
+    out = convert(write_cremi_h5(tmp_path / "in.h5", raw, labels), tmp_path / "c.zarr", progress=False)
+    assert _walk(out, "volumes/labels/neuron_ids").shape == labels.shape
+    write_array(out, "volumes/segmentation/hist_quant_50/0.1", Roi((0, 0, 0), (40, 40, 40)), (10, 10, 10),
+                np.ones((4, 4, 4), np.uint64))
+    assert _walk(out, "volumes/segmentation/hist_quant_50/0.1")[:].sum() == 64
+    assert "neuron_ids" in str(zarr.open(str(out), mode="r").tree())
+
+
+def test_repair_adds_the_missing_groups_of_an_old_container_and_touches_no_data(tmp_path, gala_test, capsys):
+    import shutil
+
+    from lsdflow.core.volumes import dataset_fingerprint
+
+    old = tmp_path / "old.zarr"
+    shutil.copytree(gala_test, old)
+    for group_file in old.rglob(".zgroup"):
+        if group_file.parent != old:
+            group_file.unlink()  # as lsdflow wrote containers before
+    with pytest.raises(KeyError):
+        _walk(old, "volumes/raw")
+    before = {d: dataset_fingerprint(old, d) for d in list_datasets(old)}
+    assert cli(["convert", "--repair", str(old)]) == 0
+    assert "added 2 missing group(s)" in capsys.readouterr().out
+    assert _walk(old, "volumes/labels/neuron_ids").shape == (50, 100, 200)
+    assert {d: dataset_fingerprint(old, d) for d in list_datasets(old)} == before
+    assert cli(["convert", "--repair", str(old)]) == 0 and "added 0" in capsys.readouterr().out
+
+    # a folder that is not a container is refused, and nothing is written in it
+    plain = tmp_path / "plain"
+    shutil.copytree(gala_test, plain / "inside.zarr")
+    assert cli(["convert", "--repair", str(plain)]) == 2
+    assert "not a Zarr container" in capsys.readouterr().err
+    assert not (plain / ".zgroup").exists()
