@@ -120,6 +120,13 @@ BENCHMARKS: dict[str, Benchmark] = {
         "quality_baselines.py", tiny=["--config", "gala", "--set", "prediction.test_time_augmentation=false"],
         ratios=(Ratio("gala test: best model / raw watershed (VOI sum)", _quality("gala"), 1.0, False),
                 Ratio("medulla test: best model / raw watershed (VOI sum)", _quality("medulla"), 1.0, False))),
+    "quality_estimate": Benchmark(
+        "quality_estimate.py",
+        args=["--model", "gala=data/pretrained/gala_mtlsd.pt:0.15", "--model", "medulla=data/pretrained/medulla_mtlsd.pt:0.1"],
+        tiny=["--model", "gala=data/pretrained/gala_mtlsd.pt:0.15", "--datasets", "gala", "--regions", "validation",
+              "--crop", "40"],
+        ratios=(Ratio("label-free quality estimate: correlation with the true VOI sum",
+                      lambda r: r["correlation"]["halves_voi_sum"]),)),
     "peers_volara": Benchmark(
         "peers/volara_compare.py", tiny=["--crop", "40"],
         requires=(ROOT / "benchmarks" / "peers" / ".venv-volara" / "bin" / "python",

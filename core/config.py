@@ -299,6 +299,9 @@ class SegmentationConfig(_Strict):
         "best threshold on validation data, or a label-free criterion computed on the acquisition itself "
         "(every configured threshold is segmented, the one that best explains the predictions is chosen)")
     criterion_max_voxels: int = Field(128**3, gt=0, description="criteria are computed on a central crop this large")
+    quality_max_voxels: int = Field(
+        96**3, ge=0, description="the label-free quality estimate of `process-acquisition` (core/quality_estimate.py) "
+        "is computed on a central crop this large (0: no estimate)")
 
 
 class BlockwiseConfig(_Strict):

@@ -20,6 +20,7 @@ from ..tasks.assets import array_asset, graph_asset, materializing, ref_asset
 from ..tasks.conversion import convert_acquisition
 from ..tasks.evaluation import evaluate
 from ..tasks.prediction import predict
+from ..tasks.quality import estimate_quality
 from ..tasks.credentials import use_graph_credentials
 from ..tasks.references import ArrayRef
 from ..tasks.threshold_choice import choose_threshold
@@ -70,6 +71,11 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
     if config.segmentation.threshold_criterion != "validation" and len(segmentations) > 1:
         choice = choose_threshold(config, affs, segmentations)
         result["chosen"] = {k: choice[k] for k in ("threshold", "criterion", "quality")}
+    # a label-free estimate of how good the segmentation in use is (core/quality_estimate.py)
+    used = choice["threshold"] if choice is not None else (thresholds[0] if len(thresholds) == 1 else None)
+    if used is not None and config.segmentation.quality_max_voxels:
+        estimate = estimate_quality(config, raw, affs, float(used))
+        result["quality_estimate"] = {k: estimate[k] for k in ("tta_disagreement", "threshold", "verdict")}
     if dataset_exists(container, config.data.labels_dataset):
         scores = evaluate(config, segmentations, ArrayRef.of(container, config.data.labels_dataset),
                           str(outputs / "evaluation"))
@@ -91,6 +97,12 @@ def _summary(result: dict, raw: ArrayRef, graph) -> dict:
                                       f"{chosen['criterion']} {quality['disagreement']:.4f}")
         if chosen.get("scores"):
             rows["VOI sum at the chosen threshold"] = f"{chosen['scores']['voi_sum']:.4f}"
+    if "quality_estimate" in result:
+        estimate = result["quality_estimate"]
+        value = estimate["tta_disagreement"]
+        rows["quality estimate (label-free)"] = estimate["verdict"] + (
+            "" if value is None else f"; test-time-augmentation disagreement {value:.3f} at threshold "
+                                     f"{estimate['threshold']:g} (core/quality_estimate.py)")
     if "best" in result:
         rows["best VOI sum"] = f"{result['best']['voi_sum']:.4f} at {result['best']['threshold']:g}"
     return rows

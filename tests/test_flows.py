@@ -129,7 +129,13 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
     assert result["best"]["voi_sum"] < 3.0
     assert 0 < result["input_shift"] < 0.05  # gala_test is like the model's training data
     assert set(_task_states(first)) == {"predict", "fragments", "agglomerate", "find-segments", "relabel",
-                                        "choose-threshold", "evaluate"}
+                                        "choose-threshold", "estimate-quality", "evaluate"}
+    # how good the segmentation in use is, estimated without labels, recorded with it
+    from lsdflow.core.quality_estimate import recorded
+
+    estimate = result["quality_estimate"]
+    assert estimate["threshold"] == result["chosen"]["threshold"] and estimate["tta_disagreement"] >= 0
+    assert recorded(volume, "hist_quant_50")["verdict"] == estimate["verdict"]
     # the threshold chosen without labels, its criterion and quality estimate, scored too
     chosen = result["chosen"]
     assert chosen["threshold"] in (0.1, 0.2) and chosen["criterion"] == "lsd_disagreement"
