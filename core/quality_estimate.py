@@ -78,9 +78,11 @@ def halves_affinities(config, model_file, raw_array, roi, device: str | None = N
 
 
 def segment_at(config, affs: np.ndarray, threshold: float) -> np.ndarray:
+    """In memory, with the config's segmentation settings (the path of `lsdflow segment`)."""
     from .segment import agglomerate, fragments_from_affinities
 
-    fragments = fragments_from_affinities(affs, config.fragments_in_xy(), config.segmentation.min_seed_distance)
+    seg = config.segmentation
+    fragments = fragments_from_affinities(affs, config.fragments_in_xy(), seg.min_seed_distance, seg.filter_fragments)
     return agglomerate(affs, fragments, [threshold], config.segmentation.merge_function)[threshold]
 
 
