@@ -285,6 +285,15 @@ class PredictionConfig(_Strict):
         "intensity distribution of the model's training data (histogram matching; core/intensity.py)"
     )
 
+    @field_validator("model")
+    @classmethod
+    def _registered_model_uri(cls, value: str | None) -> str | None:
+        # a file here was silently replaced by `checkpoint` when the registry lookup failed
+        if value is not None and not value.startswith("models:/"):
+            raise ValueError(f"{value!r} is not a registered model (models:/NAME@ALIAS or models:/NAME/VERSION); "
+                             "a model file goes in prediction.checkpoint")
+        return value
+
 
 class SegmentationConfig(_Strict):
     thresholds: list[Annotated[float, Field(ge=0, le=1)]] = Field(

@@ -83,6 +83,8 @@ def test_anisotropic_input_shape_error():
         ("training.typo=1", "training.typo"),
         ("model.kernel_size_down=[[[3,3,3]]]", "model"),
         ("model.input_shape=[10, 10, 10]", "model.input_shape"),
+        # a file here used to fall back silently to prediction.checkpoint
+        ("prediction.model='model.pt'", "prediction.model"),
     ],
 )
 def test_bad_values_are_rejected_with_the_field_name(override, field):
