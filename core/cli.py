@@ -272,6 +272,42 @@ def cmd_select_checkpoint(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .blockwise import RunSettings
+    from .ome_zarr_export import export_ome_zarr
+
+    summary = export_ome_zarr(
+        args.volume, args.output, segmentation_datasets=args.segmentation, fragments=args.fragments,
+        predictions=args.predictions, levels=args.levels, chunk=args.chunk, overwrite=args.overwrite,
+        settings=RunSettings(workers=args.workers, progress=not args.quiet),
+    )
+    print(f"wrote {summary['output']} (OME-Zarr 0.4, {summary['levels']} level(s): "
+          + ", ".join(f"{'x'.join(map(str, s))} at {'x'.join(map(str, v))} nm"
+                      for s, v in zip(summary["shapes"], summary["voxel_sizes"])) + ")")
+    for path, dataset in summary["images"].items():
+        print(f"  {path:48s} from {dataset}")
+    return 0
+
+
+def cmd_view(args) -> int:
+    import time
+
+    from .neuroglancer_view import open_view, screenshot
+
+    viewer = open_view(args.volume, segmentation=args.segmentation, bind_address=args.bind, port=args.port)
+    if args.screenshot:
+        _, layers = screenshot(viewer, args.screenshot)
+        print(f"wrote {args.screenshot} (layers: {', '.join(layers)})")
+        return 0
+    print(f"neuroglancer: {viewer.get_viewer_url()}", flush=True)
+    print("serving until interrupted (Ctrl-C)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import format_report, run_demo
 
@@ -370,6 +406,34 @@ def build_parser(extend=None) -> argparse.ArgumentParser:
     select.add_argument("--out", type=Path, help="report directory (default <workspace>/checkpoint_selection)")
     select.add_argument("--quiet", action="store_true")
     select.set_defaults(func=cmd_select_checkpoint)
+
+    export = sub.add_parser("export", help="write a container as OME-Zarr (NGFF 0.4): multiscale raw, "
+                                           "segmentations under labels/, optionally predictions")
+    export.add_argument("volume", type=Path, help="Zarr container (lsdflow's layout) with volumes/raw")
+    export.add_argument("output", type=Path, help="OME-Zarr directory to write, e.g. volume.ome.zarr")
+    export.add_argument("--segmentation", action="append", metavar="DATASET",
+                        help="a segmentation to export (repeatable; default every volumes/segmentation/*/*)")
+    export.add_argument("--fragments", action="store_true", help="also export volumes/fragments as a label image")
+    export.add_argument("--predictions", action="store_true",
+                        help="also export pred_affs and pred_lsds (images predictions/affinities, predictions/lsds)")
+    export.add_argument("--levels", type=_positive_int, help="pyramid levels (default: down to ~32 voxels)")
+    export.add_argument("--chunk", type=_positive_int, default=64, help="chunk and block edge in voxels (default 64)")
+    export.add_argument("--workers", type=_positive_int, default=2, help="daisy workers (default 2)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    export.add_argument("--quiet", action="store_true", help="no progress bars")
+    export.set_defaults(func=cmd_export)
+
+    view = sub.add_parser("view", help="look at a container in neuroglancer: raw, predictions, fragments, "
+                                       "segmentations (served from this process; prints the URL)")
+    view.add_argument("volume", type=Path, help="Zarr container (lsdflow's layout) with volumes/raw")
+    view.add_argument("--segmentation", metavar="DATASET",
+                      help="the segmentation shown (default: the one in use: chosen label-free or the model's threshold)")
+    view.add_argument("--bind", default="127.0.0.1",
+                      help="address to serve on (default 127.0.0.1; 0.0.0.0 to reach it from other machines)")
+    view.add_argument("--port", type=int, default=0, help="port (default: any free one)")
+    view.add_argument("--screenshot", type=Path, metavar="PNG",
+                      help="instead of serving: open the view in headless Chromium, save a PNG and exit")
+    view.set_defaults(func=cmd_view)
 
     demo = sub.add_parser("demo", help="the shipped pretrained MTLSD on the real gala test volume")
     demo.add_argument("--train", action="store_true", help="retrain from scratch first")

@@ -105,6 +105,9 @@ def _summary(result: dict, raw: ArrayRef, graph) -> dict:
                                      f"{estimate['threshold']:g} (core/quality_estimate.py)")
     if "best" in result:
         rows["best VOI sum"] = f"{result['best']['voi_sum']:.4f} at {result['best']['threshold']:g}"
+    # where people look at segmentations: neuroglancer, and OME-Zarr for other viewers
+    rows["view in neuroglancer"] = f"lsdflow view {result['volume']}"
+    rows["export as OME-Zarr"] = f"lsdflow export {result['volume']} {Path(result['volume']).with_suffix('.ome.zarr')}"
     return rows
 
 

@@ -148,6 +148,13 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
     assert segmentation_asset in materialized
     assert f"file://{volume}/volumes/fragments" in materialized[segmentation_asset]  # lineage
     assert f"file://{volume}/volumes/raw" in materialized[f"file://{volume}/volumes/pred_affs"]
+    # the acquisition's summary in the UI says how to look at it
+    from prefect.artifacts import Artifact
+
+    from lsdflow.tasks.artifacts import _artifact_key
+
+    summary = Artifact.get(_artifact_key(f"acquisition-{volume}")).data
+    assert f"lsdflow view {volume}" in summary and f"lsdflow export {volume}" in summary
 
     began = time.perf_counter()
     again = process_acquisition(**kwargs, return_state=True)
