@@ -2,7 +2,7 @@
 
 The volume is gala_test's raw data mirrored out to an edge of 1, 2 and 3 times `--base`
 voxels; each size goes through predict (the shipped model, blockwise) → fragments →
-agglomerate → find segments → relabel with the same workers. For each stage: seconds,
+agglomerate → find segments → relabel → OME-Zarr export with the same workers. For each stage: seconds,
 Mvox/s, and the peak memory of the whole process tree (this process and its daisy
 workers, resident set sampled every 50 ms with psutil). Flat memory: a stage's peak does
 not grow with the volume; linear time: 8x the volume takes at most 9x the time.
@@ -38,10 +38,11 @@ from lsdflow.core.blockwise import RunSettings
 from lsdflow.core.blockwise_predict import predict_blockwise
 from lsdflow.core.blockwise_segment import BlockwiseSegmentation
 from lsdflow.core.config import load_config
+from lsdflow.core.ome_zarr_export import export_ome_zarr
 from lsdflow.core.volumes import open_array, write_array
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("predict", "fragments", "agglomerate", "find_segments", "relabel")
+STAGES = ("predict", "fragments", "agglomerate", "find_segments", "relabel", "export")
 
 
 class PeakMemory:
@@ -122,6 +123,10 @@ def run_size(edge: int, config, settings: RunSettings, workdir: Path) -> dict:
         job.find_segments(thresholds)
     with measured(row, "relabel"):
         job.relabel(thresholds)
+    exported = workdir / f"v{edge}.ome.zarr"
+    with measured(row, "export"):  # lsdflow export: pyramids of raw, predictions, fragments, segmentations
+        export_ome_zarr(container, exported, fragments=True, predictions=True, settings=settings)
+    shutil.rmtree(exported, ignore_errors=True)
     shutil.rmtree(container, ignore_errors=True)
     return row
 
