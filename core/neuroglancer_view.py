@@ -98,7 +98,7 @@ def open_view(container: str | os.PathLike, segmentation: str | None = None, bin
         # the whole y-x section across a panel of ~400 pixels, the volume about a third of the 3-d view
         extent = max(raw.roi.shape / raw.voxel_size)
         state.cross_section_scale = max(extent / 400, 0.01)
-        state.projection_scale = float(extent) * 2
+        state.projection_scale = float(extent) * 1.2
         for spec in specs:
             source = _local_volume(container, spec.dataset, segmentation=spec.kind == "segmentation")
             if spec.kind == "segmentation":

@@ -50,6 +50,9 @@ def deployments(landing: str | None = None, config_name: str | None = None, watc
             "process-acquisition", **module,
             parameters={"config_name": config_name, "data_roots": roots},
             triggers=[DeploymentEventTrigger(
+                name="new acquisition: process it",
+                description=f"The watcher's {EVENT} event (an acquisition complete in the landing directory) "
+                            "starts one process-acquisition run for its path.",
                 expect={EVENT}, parameters={"path": "{{ event.payload.path }}"},
             )],
             concurrency_limit=int(os.environ.get("LSDFLOW_PROCESS_CONCURRENCY", "1")),  # default: one GPU
@@ -69,7 +72,10 @@ def deployments(landing: str | None = None, config_name: str | None = None, watc
             result.append(reprocess_acquisitions.to_deployment(
                 "reprocess-acquisitions", **module,
                 parameters={"landing": landing, "config_name": config_name, "data_roots": roots},
-                triggers=[DeploymentEventTrigger(expect={PROMOTED})],
+                triggers=[DeploymentEventTrigger(
+                    name="new champion: reprocess acquisitions",
+                    description=f"A {PROMOTED} event (a model became champion) reprocesses every announced acquisition.",
+                    expect={PROMOTED})],
             ))
     return result
 

@@ -9,7 +9,8 @@ from ..core.config import load_config
 from ..tasks import models
 
 
-@flow(name="train")
+@flow(name="train", flow_run_name="train {config_name}",
+      description="Train (resuming from the newest checkpoint), tracked in MLflow; the model registered as @challenger.")
 def train(config_name: str = "gala", iterations: int | None = None, overrides: list[str] | None = None,
           workspace: str | None = None) -> str:
     """Train, track in MLflow, register the model as challenger; returns its models:/ URI."""
@@ -18,7 +19,8 @@ def train(config_name: str = "gala", iterations: int | None = None, overrides: l
     return models.register(config, trained["model_file"], trained["run_id"])
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", flow_run_name="evaluate {model_uri} · {config_name}",
+      description="Score a registered model on validation data; the scores recorded with its version.")
 def evaluate(model_uri: str = "@challenger", config_name: str = "gala", volume: str | None = None,
              overrides: list[str] | None = None, workspace: str | None = None) -> dict:
     from ..flows.registry import _model_uri
@@ -27,7 +29,8 @@ def evaluate(model_uri: str = "@challenger", config_name: str = "gala", volume: 
     return models.evaluate_model(config, _model_uri(model_uri, config), volume or _validation_volume(config))
 
 
-@flow(name="promote")
+@flow(name="promote", flow_run_name="promote {config_name}",
+      description="Evaluate @challenger on validation data and make it @champion only if it wins.")
 def promote(config_name: str = "gala", name: str | None = None, margin: float = 0.0,
             overrides: list[str] | None = None, workspace: str | None = None) -> dict:
     """Evaluate the challenger on the validation volume, then promote it if it wins."""

@@ -9,7 +9,8 @@ from ..tasks.prediction import predict as predict_task
 from ..tasks.references import ArrayRef
 
 
-@flow(name="predict")
+@flow(name="predict", flow_run_name="predict {volume} · {config_name}",
+      description="Affinities and LSDs for a Zarr volume, block by block, with the champion (or a given model).")
 def predict(volume: str, config_name: str = "gala", model: str | None = None, overrides: list[str] | None = None,
             workspace: str | None = None) -> list[ArrayRef]:
     config = load_config(config_name, overrides or [], workspace)

@@ -15,7 +15,7 @@ from ..core.intensity import describe_shift
 from ..core.predict import recorded_input_shift
 from ..core.volumes import dataset_exists
 from ..tasks import segmentation
-from ..tasks.artifacts import publish_summary
+from ..tasks.artifacts import publish_summary, volume_key
 from ..tasks.assets import array_asset, graph_asset, materializing, ref_asset
 from ..tasks.conversion import convert_acquisition
 from ..tasks.evaluation import evaluate
@@ -23,10 +23,36 @@ from ..tasks.prediction import predict
 from ..tasks.quality import estimate_quality
 from ..tasks.credentials import use_graph_credentials
 from ..tasks.references import ArrayRef
+from ..tasks.run_names import rename_flow_run
 from ..tasks.threshold_choice import choose_threshold
+from .registry import resolve_prediction_model
 
 
-@flow(name="process-acquisition")
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    return f"{Path(parameters['path']).name} · {parameters.get('config_name', 'gala')}"
+
+
+def model_label(lineage: dict, model_file) -> str:
+    """A registered model as "name v3", a model file by its name."""
+    if lineage.get("model_name"):
+        return f"{lineage['model_name']} v{lineage['model_version']}"
+    return Path(str(model_file)).name
+
+
+def model_asset(lineage: dict, model_file) -> str:
+    """The model as a Prefect asset: its registered version, else its file."""
+    if lineage.get("model_name"):
+        return f"mlflow://models/{lineage['model_name']}/versions/{lineage['model_version']}"
+    return array_asset(str(Path(str(model_file)).resolve().parent), Path(str(model_file)).name)
+
+
+@flow(name="process-acquisition", flow_run_name=_run_name,
+      description="A new acquisition end to end: convert (when not Zarr), predict with the champion, fragments, "
+                  "agglomerate, segments, threshold (chosen without labels when configured), a label-free quality "
+                  "estimate, evaluation when it has labels; a summary with how to view and export it.")
 def process_acquisition(path: str, config_name: str = "gala", model: str | None = None,
                         thresholds: list[float] | None = None, graph_url: str | None = None,
                         overrides: list[str] | None = None, output: str | None = None,
@@ -50,8 +76,10 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
         raw = convert_acquisition(str(source), str(container), list(config.data.voxel_size))
     graph_url = graph_url or config.blockwise.graph or f"sqlite:///{outputs / 'graph.db'}"
     raw_asset = ref_asset(raw)
+    model_file, lineage, described = resolve_prediction_model(model, config)
+    rename_flow_run(f"{source.name} · {config.name} · {model_label(lineage, model_file)}")
     pred_assets = [array_asset(raw.container, "volumes/pred_affs"), array_asset(raw.container, "volumes/pred_lsds")]
-    predictions = materializing(predict, pred_assets, [raw_asset])(config, raw, model)
+    predictions = materializing(predict, pred_assets, [raw_asset, model_asset(lineage, model_file)])(config, raw, model)
     affs = next(p for p in predictions if p.dataset.endswith("pred_affs"))
     thresholds = thresholds or _thresholds(affs, config)
     job_graph = _graph_asset(config, affs, graph_url)
@@ -65,7 +93,8 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
                   for t in sorted(thresholds)]
     segmentations = materializing(segmentation.relabel, seg_assets, [fragments_asset, job_graph + "/edges"])(
         config, affs, luts, thresholds, graph_url)
-    result = {"volume": str(container), "segmentations": [s.dataset for s in segmentations], "graph": graph.url,
+    result = {"volume": str(container), "model": described, "segmentations": [s.dataset for s in segmentations],
+              "graph": graph.url,
               "input_shift": recorded_input_shift(affs.container, affs.dataset)}
     choice = None
     if config.segmentation.threshold_criterion != "validation" and len(segmentations) > 1:
@@ -83,12 +112,13 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
         if choice is not None:
             result["chosen"]["scores"] = next(
                 (r for r in scores.get("scores", []) if r["threshold"] == choice["threshold"]), None)
-    publish_summary(f"acquisition-{container}", f"acquisition {container.name}", _summary(result, raw, graph))
+    publish_summary(volume_key("acquisition", container), f"acquisition {container.name}", _summary(result, raw, graph))
     return result
 
 
 def _summary(result: dict, raw: ArrayRef, graph) -> dict:
-    rows = {"volume": result["volume"], "ROI (nm)": raw.roi, "segmentations": ", ".join(result["segmentations"]),
+    rows = {"volume": result["volume"], "ROI (nm)": raw.roi, "model": result["model"],
+            "segmentations": ", ".join(s.rsplit("/", 2)[-2] + " " + s.rsplit("/", 1)[-1] for s in result["segmentations"]),
             "region graph": graph.url, "input shift (label-free)": describe_shift(result.get("input_shift"))}
     if "chosen" in result:
         chosen, quality = result["chosen"], result["chosen"]["quality"]

@@ -11,7 +11,8 @@ from prefect import flow
 from .process_acquisition import process_acquisition
 
 
-@flow(name="reprocess-acquisitions")
+@flow(name="reprocess-acquisitions", flow_run_name="reprocess {landing} · {config_name}",
+      description="Every acquisition announced so far, processed again (after a new champion).")
 def reprocess_acquisitions(landing: str, config_name: str = "gala", record: str | None = None,
                            data_roots: list[str] | None = None) -> list[dict]:
     record_file = Path(record) if record else Path(landing).resolve() / ".lsdflow-announced.json"

@@ -10,7 +10,8 @@ from ..tasks.credentials import use_graph_credentials
 from ..tasks.references import ArrayRef
 
 
-@flow(name="segment")
+@flow(name="segment", flow_run_name="segment {volume} · {config_name}",
+      description="Fragments, agglomeration, segments and relabelling of predicted affinities, block by block.")
 def segment(config_name: str, volume: str, affs_dataset: str = "volumes/pred_affs",
             thresholds: list[float] | None = None, graph_url: str | None = None,
             overrides: list[str] | None = None, graph_secret: str | None = None,

@@ -14,7 +14,8 @@ from ..core.config import load_config
 EVENT = "lsdflow.acquisition.created"
 
 
-@flow(name="watch-acquisitions")
+@flow(name="watch-acquisitions", flow_run_name="watch {landing}",
+      description="One scan of the landing directory: an event for each new acquisition that has stopped changing.")
 def watch_acquisitions(landing: str, record: str | None = None, settle_seconds: float = 60.0,
                        config_name: str = "gala") -> list[str]:
     """One scan: an event per acquisition that is complete (unchanged for `settle_seconds`)

@@ -34,6 +34,7 @@ def materializing(task: Task, assets: list[str], deps: list[str]) -> Materializi
         fn=task.fn, assets=assets, asset_deps=deps, name=task.name, cache_key_fn=task.cache_key_fn,
         retries=task.retries, retry_delay_seconds=task.retry_delay_seconds,
         retry_condition_fn=task.retry_condition_fn, persist_result=True, timeout_seconds=task.timeout_seconds,
+        task_run_name=task.task_run_name,
     )
     made.committed_fn = getattr(task, "committed_fn", None)
     return made

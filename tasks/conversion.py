@@ -11,6 +11,7 @@ from ..core.volumes import RAW
 from .cache_keys import stage_task
 from .references import ArrayRef
 from .retry import retry_transient
+from .run_names import logged_stage, task_run_name, volume_name
 
 
 def source_fingerprint(path) -> str:
@@ -27,8 +28,10 @@ def _key(ctx, p) -> str:
 
 @stage_task(name="convert", persist_result=True, timeout_seconds=24 * 3600, retries=2, retry_delay_seconds=[10, 60],
             retry_condition_fn=retry_transient, cache_key_fn=_key,
-            committed=lambda p: committed_fingerprint(os.path.abspath(p["output"]), {RAW: None}))
+            committed=lambda p: committed_fingerprint(os.path.abspath(p["output"]), {RAW: None}),
+            task_run_name=task_run_name("convert", lambda p: volume_name(p["source"])))
 def convert_acquisition(source: str, output: str, voxel_size: list[int] | None = None) -> ArrayRef:
     """`source` (HDF5, TIFF, N5 or Zarr) → `output` Zarr in lsdflow's layout."""
-    convert_if_changed(source, output, voxel_size=voxel_size, progress=False)
+    with logged_stage("convert", source=source, output=output):
+        convert_if_changed(source, output, voxel_size=voxel_size, progress=False)
     return ArrayRef.of(output, "volumes/raw")

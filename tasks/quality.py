@@ -11,6 +11,7 @@ from ..core.quality_estimate import estimate_for_predictions, recorded
 from .cache_keys import stage_task
 from .references import ArrayRef
 from .retry import retry_transient
+from .run_names import logged_stage, task_run_name, volume_name
 
 
 def _key(ctx, p) -> str:
@@ -27,8 +28,12 @@ def _recorded(p) -> str | None:
 
 
 @stage_task(name="estimate-quality", cache_key_fn=_key, persist_result=True, timeout_seconds=6 * 3600, retries=2,
-            retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient, committed=_recorded)
+            retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient, committed=_recorded,
+            task_run_name=task_run_name("estimate-quality", lambda p: f"{volume_name(p['affs'])} at {float(p['threshold']):g}"))
 def estimate_quality(config, raw: ArrayRef, affs: ArrayRef, threshold: float) -> dict:
     """How much the segmentation at `threshold` changes between two halves of the
     test-time augmentations, on a central crop; recorded with the segmentations."""
-    return estimate_for_predictions(config, affs.container, affs.dataset, threshold)
+    with logged_stage("estimate-quality", volume=affs.container, threshold=f"{threshold:g}") as learned:
+        estimate = estimate_for_predictions(config, affs.container, affs.dataset, threshold)
+        learned["verdict"] = estimate.get("verdict")
+    return estimate

@@ -11,6 +11,7 @@ from ..core.threshold_selection import choose_and_record, recorded_choice
 from .cache_keys import stage_task
 from .references import ArrayRef
 from .retry import retry_transient
+from .run_names import logged_stage, task_run_name, thresholds as listed, volume_name
 
 
 def _thresholds(segmentations: list[ArrayRef]) -> list[float]:
@@ -34,8 +35,14 @@ def _recorded(p) -> str | None:
 
 @stage_task(name="choose-threshold", cache_key_fn=_key, persist_result=True, timeout_seconds=6 * 3600, retries=2,
             retry_delay_seconds=[10, 60], retry_condition_fn=retry_transient,
-            committed=lambda p: _recorded(p))
+            committed=lambda p: _recorded(p),
+            task_run_name=task_run_name("choose-threshold", lambda p: f"{volume_name(p['affs'])} among "
+                                                                      f"{listed(_thresholds(p['segmentations']))}"))
 def choose_threshold(config, affs: ArrayRef, segmentations: list[ArrayRef]) -> dict | None:
     """The label-free choice among the segmentations (None with `threshold_criterion =
     "validation"` or a single threshold), recorded in the container."""
-    return choose_and_record(affs.container, config, _thresholds(segmentations), affs.dataset)
+    with logged_stage("choose-threshold", volume=affs.container, criterion=config.segmentation.threshold_criterion,
+                      thresholds=listed(_thresholds(segmentations))) as learned:
+        choice = choose_and_record(affs.container, config, _thresholds(segmentations), affs.dataset)
+        learned["chosen"] = None if choice is None else f"{choice['threshold']:g}"
+    return choice

@@ -7,6 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
+from lsdflow.core.config import load_config
+from lsdflow.tasks.run_names import stage_of
+
 from lsdflow.core.affinities import labels_to_affinities
 from lsdflow.core.blockwise import BlockwiseError
 from lsdflow.core.blockwise_segment import BlockwiseSegmentation
@@ -32,8 +35,8 @@ def _task_states(flow_state) -> dict[str, str]:
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id])))
-    # task run names are "<task name>-<suffix>"
-    return {run.name.rsplit("-", 1)[0]: run.state.name for run in runs}
+    # task run names are "<stage>: <what it works on>"
+    return {stage_of(run.name): run.state.name for run in runs}
 
 
 def _materialized_assets(wanted: str, timeout: float = 60) -> dict[str, set[str]]:
@@ -110,7 +113,7 @@ def test_transient_failures_are_retried_and_bad_input_is_not(prefect_api, volume
 
 
 @pytest.mark.slow
-def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_path, gala_test):
+def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_path, gala_test, monkeypatch):
     import time
 
     from lsdflow.flows.process_acquisition import process_acquisition
@@ -118,6 +121,11 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
     volume = tmp_path / "acquisition.zarr"
     shutil.copytree(gala_test, volume)
     label_free = ["segmentation.threshold_criterion=lsd_disagreement", "segmentation.criterion_max_voxels=32768"]
+    # the suite logs warnings only; this test reads the stages' info lines back from the server
+    import logging
+
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.INFO)
     kwargs = dict(path=str(volume), config_name="gala", overrides=[*BLOCKS, *label_free], workspace=str(tmp_path / "ws"),
                   thresholds=[0.1, 0.2], data_roots=[str(tmp_path)])
     began = time.perf_counter()
@@ -151,10 +159,33 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
     # the acquisition's summary in the UI says how to look at it
     from prefect.artifacts import Artifact
 
-    from lsdflow.tasks.artifacts import _artifact_key
+    from lsdflow.tasks.artifacts import volume_key
 
-    summary = Artifact.get(_artifact_key(f"acquisition-{volume}")).data
+    summary = Artifact.get(volume_key("acquisition", volume)).data
     assert f"lsdflow view {volume}" in summary and f"lsdflow export {volume}" in summary
+    assert "gala_mtlsd.pt" in summary  # the model (no registry here: the config's checkpoint)
+    # the model is upstream of the predictions
+    model_file = load_config("gala").prediction.checkpoint.resolve()
+    assert f"file://{model_file}" in materialized[f"file://{volume}/volumes/pred_affs"]
+    # readable names, progress with its key and block counts, a log line at each stage's start and end
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + 30
+    while True:  # logs reach the server in batches
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(first.state_details.flow_run_id)
+            logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+        if any(m.startswith("evaluate: done") for m in logs) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert run.name == "acquisition.zarr · gala · gala_mtlsd.pt", run.name
+    progress = Artifact.get(volume_key("progress-predict", volume))
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    assert "of acquisition.zarr: 100 %" in progress.description and "blocks done" in progress.description
+    for stage in ("predict", "fragments", "agglomerate", "find-segments", "relabel", "evaluate"):
+        assert any(m.startswith(f"{stage}: start (volume {volume}") for m in logs), (stage, logs)
+        assert any(m.startswith(f"{stage}: done in") for m in logs), (stage, logs)
 
     began = time.perf_counter()
     again = process_acquisition(**kwargs, return_state=True)
