@@ -97,6 +97,7 @@ def run_demo(
         )["best"]
         test = next(r for r in report["segmentation"]["scores"] if r["threshold"] == chosen["threshold"])
         report["segmentation"]["chosen_on_validation"] = {"validation": str(validation), **test}
+        report["segmentation"]["validation_best"] = {"validation": str(validation), **chosen}
     (out_dir / "demo.json").write_text(json.dumps(report, indent=2))
     return report
 

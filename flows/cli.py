@@ -135,6 +135,12 @@ def cmd_demo(args) -> int:
         model_file, lineage = registered.file, {**registered.lineage(), "model_uri": uri}
     report = run_demo(config, retrain=args.train, iterations=args.iterations, progress=not args.quiet,
                       model_file=model_file, model_attrs=lineage)
+    validation = report.get("segmentation", {}).get("validation_best")
+    if not args.train and validation is not None and message:  # the champion shows its scores
+        from .registry import record_validation_scores
+
+        record_validation_scores(registered, validation, validation["validation"], workspace,
+                                 "lsdflow demo: gala_test segmented whole, scored on its validation half")
     print(format_report(report))
     return 0
 

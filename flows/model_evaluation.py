@@ -4,6 +4,7 @@ rely on)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ..core.config import VolumeRef
@@ -18,10 +19,11 @@ def evaluate_model(uri: str, volume, config, workspace, progress: bool = False) 
     volume = volume if isinstance(volume, VolumeRef) else VolumeRef(path=Path(volume).resolve())
     check_labelled_volume(config, volume)
     registered = resolve_model(uri, workspace)
+    started = time.time()
     work = Path(workspace).resolve() / "evaluations" / f"{registered.name}-v{registered.version}" / volume.path.name
     lineage = {k: v for k, v in registered.lineage().items() if k != "best_threshold"}
     report = score_model(config, registered.file, volume, work, out_dir=work.parent / "report",
                          progress=progress, model_attrs=lineage)
-    record_evaluation(registered, report, str(volume), workspace, config)
+    record_evaluation(registered, report, str(volume), workspace, config, started=started)
     report["model_uri"] = registered.uri
     return report

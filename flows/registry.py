@@ -120,6 +120,14 @@ def code_version() -> dict[str, str]:
     return info
 
 
+def _log_config(mlflow, dump: dict) -> None:
+    """A config as the active run's parameters (section.field) and as config.json."""
+    params = _flatten({k: v for k, v in dump.items() if k not in ("source", "workspace", "description")})
+    for start in range(0, len(params), 100):  # MLflow takes at most 100 params per call
+        mlflow.log_params(dict(list(params.items())[start : start + 100]))
+    mlflow.log_dict(dump, "config.json")
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     flat = {}
     for key, value in tree.items():
@@ -153,10 +161,7 @@ class TrainingRun:
                                run_name=f"train-{self.config.name}")
         self.run_id = run.info.run_id
         dump = self.config.model_dump(mode="json")
-        params = _flatten({k: v for k, v in dump.items() if k not in ("source", "workspace", "description")})
-        for start in range(0, len(params), 100):  # MLflow takes at most 100 params per call
-            mlflow.log_params(dict(list(params.items())[start : start + 100]))
-        mlflow.log_dict(dump, "config.json")
+        _log_config(mlflow, dump)
         mlflow.set_tags({**code_version(), "dataset": self.config.name, "config_hash": self.config.fingerprint()})
         self._mlflow = mlflow
         return self
@@ -234,8 +239,16 @@ def register_model(model_file, config, workspace, run_id: str | None = None, nam
     client = _client(workspace)
     name = name or default_model_name(config)
     if run_id is None:
+        # no training run to hold it: a run that carries what the file says about its training
         with mlflow.start_run(experiment_id=experiment_id(config, workspace), run_name=f"register-{model_file.name}") as run:
-            mlflow.set_tags({**code_version(), "dataset": config.name})
+            facts = {k: meta[k] for k in ("iteration", "config_fingerprint", "initialized_from", "best_threshold",
+                                          "averaged_iterations") if meta.get(k) is not None}
+            mlflow.set_tags({**code_version(), "dataset": config.name, "mlflow.source.name": "lsdflow register",
+                             "mlflow.note.content": f"Registered from the model file {model_file.name}: "
+                             + ", ".join(f"{k} {v}" for k, v in facts.items())})
+            if isinstance(meta.get("config"), dict):
+                _log_config(mlflow, meta["config"])  # the network and training settings it was made with
+            mlflow.log_params({f"model_file.{k}": v for k, v in facts.items()})
             run_id = run.info.run_id
     active = mlflow.active_run()
     same_run = active is not None and active.info.run_id == run_id
@@ -323,13 +336,28 @@ def resolve_model(uri: str, workspace) -> RegisteredModel:
         import mlflow
 
         cache.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(cache))
+        mlflow.artifacts.download_artifacts(artifact_uri=_moved_source(mv.source, workspace), dst_path=str(cache))
         found = next(cache.rglob(MODEL_FILE), None)
         if found is None:
             raise RegistryError(f"model {name} version {mv.version}: no {MODEL_FILE} in {mv.source}")
         if found != file:
             found.replace(file)
     return RegisteredModel(name, str(mv.version), mv.run_id, dict(mv.tags), file)
+
+
+def _moved_source(source: str, workspace) -> str:
+    """MLflow stores artifact locations as absolute paths; a workspace that was moved or
+    copied finds its artifacts at the same place under its own `mlartifacts/`."""
+    from urllib.parse import unquote, urlparse
+
+    if not source.startswith("file://"):
+        return source
+    path = Path(unquote(urlparse(source).path))
+    if path.exists() or "mlartifacts" not in path.parts:
+        return source
+    last = max(i for i, part in enumerate(path.parts) if part == "mlartifacts")
+    moved = Path(workspace).resolve() / "mlartifacts" / Path(*path.parts[last + 1:])
+    return moved.as_uri() if moved.exists() else source
 
 
 def load_registered_model(uri: str, workspace, device: str = "cpu"):
@@ -341,24 +369,61 @@ def load_registered_model(uri: str, workspace, device: str = "cpu"):
     return model, meta, registered
 
 
-def record_evaluation(registered: RegisteredModel, report: dict, volume: str, workspace, config) -> None:
-    """Log an evaluation as a run and as tags of the model version."""
+SCORES = ("voi_split", "voi_merge", "voi_sum", "arand")
+
+
+def describe_scores(best: dict, volume: str) -> str:
+    return (f"VOI sum {best['voi_sum']:.4f} (split {best['voi_split']:.4f}, merge {best['voi_merge']:.4f}), "
+            f"ARAND {best['arand']:.4f} at threshold {best['threshold']:g} on {volume}")
+
+
+def log_scores(mlflow, report: dict) -> None:
+    """Per-threshold scores as metrics named by their threshold (`voi_sum_at_0.15`), the
+    best as `best_*`, and the whole table as scores.json."""
+    for row in report["scores"]:
+        mlflow.log_metrics({f"{k}_at_{row['threshold']:g}": row[k] for k in SCORES})
+    mlflow.log_metrics({f"best_{k}": report["best"][k] for k in SCORES})
+    mlflow.log_param("best_threshold", report["best"]["threshold"])
+    mlflow.log_table({k: [row[k] for row in report["scores"]] for k in ("threshold", *SCORES)}, "scores.json")
+
+
+def record_validation_scores(registered: RegisteredModel, best: dict, volume: str, workspace, how: str) -> None:
+    """Scores measured outside `evaluate-model` (e.g. by `lsdflow demo`) shown with the
+    version: metrics `validation_*` of the run that registered it and the version's
+    description. Not the tags promotion compares (those come from `evaluate-model` only,
+    so that a champion and a challenger are scored by the same code)."""
+    client = _client(workspace)
+    for key in SCORES:
+        client.log_metric(registered.run_id, f"validation_{key}", float(best[key]))
+    if "validation_threshold" not in client.get_run(registered.run_id).data.params:  # params are write-once
+        client.log_param(registered.run_id, "validation_threshold", best["threshold"])
+    client.update_model_version(registered.name, registered.version,
+                                description=f"Validation ({how}): {describe_scores(best, volume)}.")
+
+
+def record_evaluation(registered: RegisteredModel, report: dict, volume: str, workspace, config,
+                      started: float | None = None) -> str:
+    """Log an evaluation as a run (from `started`, a time.time(), so it shows how long the
+    evaluation took; linked to the model version both ways) and as tags and the
+    description of the model version; returns the run id."""
     mlflow = _mlflow(workspace)
     client = _client(workspace)
     best = report["best"]
-    with mlflow.start_run(experiment_id=experiment_id(config, workspace),
-                          run_name=f"evaluate-{registered.name}-v{registered.version}"):
-        mlflow.set_tags({"model_uri": registered.uri, "validation_volume": volume, **code_version()})
-        for row in report["scores"]:
-            mlflow.log_metrics({f"{k}": row[k] for k in ("voi_split", "voi_merge", "voi_sum", "arand")},
-                               step=int(round(row["threshold"] * 1000)))
-        mlflow.log_metrics({f"best_{k}": best[k] for k in ("voi_split", "voi_merge", "voi_sum", "arand")})
-        mlflow.log_param("best_threshold", best["threshold"])
+    run = client.create_run(
+        experiment_id(config, workspace), run_name=f"evaluate-{registered.name}-v{registered.version}",
+        start_time=int((started or time.time()) * 1000),
+        tags={"model_uri": registered.uri, "model_name": registered.name, "model_version": registered.version,
+              "validation_volume": volume, "mlflow.source.name": "lsdflow evaluate-model",
+              "mlflow.note.content": f"{registered.name} version {registered.version}: {describe_scores(best, volume)}",
+              **code_version()})
+    with mlflow.start_run(run_id=run.info.run_id):
+        log_scores(mlflow, report)
         if report.get("json"):
             mlflow.log_artifact(str(report["json"]))
         for picture in report.get("pictures", []):
             mlflow.log_artifact(str(picture))
     tags = {
+        "evaluation_run": run.info.run_id,
         "validation_volume": volume,
         "evaluation_settings": evaluation_settings(config),
         "voi_split": best["voi_split"], "voi_merge": best["voi_merge"], "voi_sum": best["voi_sum"],
@@ -366,6 +431,9 @@ def record_evaluation(registered: RegisteredModel, report: dict, volume: str, wo
     }
     for key, value in tags.items():
         client.set_model_version_tag(registered.name, registered.version, key, str(value))
+    client.update_model_version(registered.name, registered.version,
+                                description=f"Validation: {describe_scores(best, volume)} (run {run.info.run_id}).")
+    return run.info.run_id
 
 
 def evaluation_settings(config) -> str:

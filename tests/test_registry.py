@@ -40,6 +40,21 @@ def test_train_register_evaluate_promote_predict_by_alias(workspace, gala_test, 
     assert _cli(workspace, "evaluate-model", "gala", "@challenger", "--volume", str(gala_test), *plain, "--quiet") == 0
     assert _cli(workspace, "promote", "gala") == 0
     assert "v1 promoted: no champion yet" in capsys.readouterr().out
+    # what the MLflow UI shows: the registration run carries the file's training facts; the
+    # evaluation run one metric per threshold and the best, linked to the version both ways
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    v1 = client.get_model_version("mtlsd-gala", "1")
+    registration = client.get_run(v1.run_id)
+    assert registration.data.params["model_file.iteration"] == "13750"
+    assert registration.data.params["model.num_fmaps"] and "13750" in registration.data.tags["mlflow.note.content"]
+    evaluation = client.get_run(v1.tags["evaluation_run"])
+    assert evaluation.data.tags["model_version"] == "1" and evaluation.data.tags["model_name"] == "mtlsd-gala"
+    best = float(v1.tags["best_threshold"])
+    assert evaluation.data.metrics[f"voi_sum_at_{best:g}"] == evaluation.data.metrics["best_voi_sum"]
+    assert evaluation.info.end_time - evaluation.info.start_time > 1000  # the evaluation's duration, ms
+    assert v1.description.startswith("Validation: VOI sum ")
 
     # v2: a tiny network trained for a few iterations: tracked, registered as challenger
     assert _cli(workspace, "train", "gala", *overrides, "--iterations", "4", "--quiet") == 0
@@ -86,6 +101,21 @@ def test_train_register_evaluate_promote_predict_by_alias(workspace, gala_test, 
     assert zarr.open(str(other / "volumes/pred_affs")).attrs["model_version"] == "1"
 
 
+@pytest.mark.slow
+def test_the_installed_demo_registers_the_champion_with_its_validation_scores(workspace, capsys):
+    from mlflow import MlflowClient
+
+    assert _cli(workspace, "demo", "--set", "prediction.test_time_augmentation=false", "--quiet") == 0
+    out = capsys.readouterr().out
+    assert "registered the shipped model as models:/mtlsd-gala/1 @champion" in out
+    assert "threshold chosen on the validation region" in out
+    champion = MlflowClient().get_model_version_by_alias("mtlsd-gala", "champion")
+    assert champion.description.startswith("Validation (lsdflow demo") and "VOI sum" in champion.description
+    registration = MlflowClient().get_run(champion.run_id)
+    assert registration.data.metrics["validation_voi_sum"] > 0
+    assert registration.data.params["model_file.best_threshold"] == "0.15"
+
+
 def test_loading_by_alias_restores_identical_weights(workspace):
     from lsdflow.flows.registry import register_model
 
@@ -119,6 +149,18 @@ def test_each_workspace_keeps_its_own_store_and_artifacts(tmp_path, monkeypatch)
         assert "MLFLOW_TRACKING_URI" not in os.environ
     assert (first / "mlflow.db").is_file() and (second / "mlflow.db").is_file()
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_moved_workspace_still_resolves_its_models(workspace, tmp_path):
+    from lsdflow.flows.registry import register_model
+
+    register_model(SHIPPED, load_config("gala", workspace=workspace), workspace, alias="champion")
+    moved = tmp_path / "moved" / "ws"
+    moved.parent.mkdir()
+    shutil.move(str(workspace), str(moved))
+    shutil.rmtree(moved / "models")  # no cached copy: the artifact itself is found
+    registered = resolve_model("models:/mtlsd-gala@champion", moved)
+    assert registered.file.is_relative_to(moved) and load_model(registered.file)[1]["iteration"] == 13750
 
 
 def test_the_demo_champion_follows_the_shipped_model_but_not_over_a_promoted_one(workspace, tmp_path):
