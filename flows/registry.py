@@ -51,18 +51,19 @@ def _mlflow(workspace):
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = user_setting
-    _create_store_once(tracking_uri(workspace))
+    _create_store_once(tracking_uri(workspace), None if user_setting else Path(workspace))
     return mlflow
 
 
 _CREATED: set[str] = set()
 
 
-def _create_store_once(uri: str) -> None:
+def _create_store_once(uri: str, workspace: Path | None = None) -> None:
     """MLflow creates a SQLite store's tables on first use (alembic migrations); two
     processes doing it at once on a new workspace (two acquisitions processed together, a
     training and a prediction) fail with "Online migration expected to match one row".
-    The first use in each process waits on a lock beside the database."""
+    The first use in each process waits on a lock beside the database, and points a
+    workspace's store at the workspace's own artifacts (`relocate_artifacts`)."""
     if uri in _CREATED or not uri.startswith("sqlite:///"):
         return
     from mlflow import MlflowClient
@@ -74,7 +75,37 @@ def _create_store_once(uri: str) -> None:
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)  # creates the tracking tables
         client.search_registered_models(max_results=1)  # and the registry's
+        if workspace is not None:
+            relocate_artifacts(database, Path(workspace).resolve() / "mlartifacts")
     _CREATED.add(uri)
+
+
+# the columns of MLflow's SQLite schema that hold artifact locations
+_ARTIFACT_COLUMNS = {"experiments": "artifact_location", "runs": "artifact_uri",
+                     "model_versions": ("source", "storage_location"), "logged_models": "artifact_location"}
+
+
+def relocate_artifacts(database: Path, artifacts: Path) -> int:
+    """MLflow stores artifact locations as absolute paths. A workspace that was moved or
+    copied still names its old place (a copy would even write into the original's
+    folder): rewrite every location under another `.../mlartifacts` to `artifacts`, in one
+    transaction. Returns the number of rows changed. Written here because MLflow has no
+    way to change an experiment's artifact location."""
+    import sqlite3
+
+    here = artifacts.as_uri()
+    changed = 0
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        olds = {row[0] for row in db.execute("SELECT artifact_location FROM experiments")
+                if row[0] and row[0].startswith("file://") and row[0].rstrip("/").endswith("/mlartifacts")}
+        for old in olds - {here}:
+            for table, columns in _ARTIFACT_COLUMNS.items():
+                present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for column in [c for c in ([columns] if isinstance(columns, str) else columns) if c in present]:
+                    changed += db.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE {column} = ? OR {column} LIKE ?",
+                        (here, len(old) + 1, old, old + "/%")).rowcount
+    return changed
 
 
 def _client(workspace):
@@ -336,28 +367,13 @@ def resolve_model(uri: str, workspace) -> RegisteredModel:
         import mlflow
 
         cache.mkdir(parents=True, exist_ok=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=_moved_source(mv.source, workspace), dst_path=str(cache))
+        mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(cache))
         found = next(cache.rglob(MODEL_FILE), None)
         if found is None:
             raise RegistryError(f"model {name} version {mv.version}: no {MODEL_FILE} in {mv.source}")
         if found != file:
             found.replace(file)
     return RegisteredModel(name, str(mv.version), mv.run_id, dict(mv.tags), file)
-
-
-def _moved_source(source: str, workspace) -> str:
-    """MLflow stores artifact locations as absolute paths; a workspace that was moved or
-    copied finds its artifacts at the same place under its own `mlartifacts/`."""
-    from urllib.parse import unquote, urlparse
-
-    if not source.startswith("file://"):
-        return source
-    path = Path(unquote(urlparse(source).path))
-    if path.exists() or "mlartifacts" not in path.parts:
-        return source
-    last = max(i for i, part in enumerate(path.parts) if part == "mlartifacts")
-    moved = Path(workspace).resolve() / "mlartifacts" / Path(*path.parts[last + 1:])
-    return moved.as_uri() if moved.exists() else source
 
 
 def load_registered_model(uri: str, workspace, device: str = "cpu"):

@@ -18,3 +18,22 @@ def test_prefect_yaml_entrypoints_load():
     for deployment in spec["deployments"]:
         flow = load_flow_from_entrypoint(deployment["entrypoint"])
         assert flow.name == deployment["name"] or deployment["name"] in ("train", "evaluate", "promote")
+
+
+def test_deployments_and_automations_are_named_and_described(tmp_path):
+    """What the Deployments and Automations pages show: a description for every deployment
+    (served and in prefect.yaml) and a named, described trigger on each automation."""
+    from pathlib import Path
+
+    import yaml
+
+    from lsdflow.deployments.serve import deployments
+
+    served = deployments(landing=str(tmp_path), reprocess_on_promotion=True)
+    assert all(d.description for d in served), [d.name for d in served if not d.description]
+    triggers = [t for d in served for t in (d.triggers or [])]
+    assert {t.name for t in triggers} == {"new acquisition: process it", "new champion: reprocess acquisitions"}
+    assert all(t.description for t in triggers)
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "deployments" / "prefect.yaml").read_text())
+    assert all(d.get("description") for d in spec["deployments"])
+    assert all(t.get("name") and t.get("description") for d in spec["deployments"] for t in d.get("triggers", []))

@@ -161,6 +161,19 @@ def test_a_moved_workspace_still_resolves_its_models(workspace, tmp_path):
     shutil.rmtree(moved / "models")  # no cached copy: the artifact itself is found
     registered = resolve_model("models:/mtlsd-gala@champion", moved)
     assert registered.file.is_relative_to(moved) and load_model(registered.file)[1]["iteration"] == 13750
+    # every artifact location now names the moved workspace (the MLflow UI finds them too),
+    # and a copy writes into itself, not into the original
+    from lsdflow.flows.registry import _client
+
+    client = _client(moved)
+    assert client.get_experiment_by_name("lsdflow-gala").artifact_location == (moved / "mlartifacts").resolve().as_uri()
+    assert client.get_model_version("mtlsd-gala", "1").source.startswith((moved / "mlartifacts").resolve().as_uri())
+    copy = tmp_path / "copy"
+    shutil.copytree(moved, copy)
+    before = sorted((moved / "mlartifacts").rglob("*"))
+    register_model(SHIPPED, load_config("gala", workspace=copy), copy)
+    assert _client(copy).get_model_version("mtlsd-gala", "2").source.startswith((copy / "mlartifacts").resolve().as_uri())
+    assert sorted((moved / "mlartifacts").rglob("*")) == before  # the original is untouched
 
 
 def test_the_demo_champion_follows_the_shipped_model_but_not_over_a_promoted_one(workspace, tmp_path):

@@ -22,7 +22,7 @@ from lsdflow.core.acquisitions import output_dir
 from lsdflow.core.config import load_config
 from lsdflow.core.volumes import open_array, write_array
 
-from ..served_platform import served_platform
+from ..served_platform import api_call, served_platform
 
 pytestmark = pytest.mark.slow
 
@@ -74,12 +74,16 @@ def test_a_burst_of_acquisitions_is_processed_exactly_once_end_to_end(tmp_path, 
             time.sleep(5)
         time.sleep(10)  # no late duplicate run appears
         runs = platform.deployment_runs("process-acquisition")
+        automations = {a["name"]: a["description"] for a in api_call(platform.api, "automations/filter", {})}
 
     # one run per acquisition, each triggered by its event, all completed
     assert sorted(r["parameters"]["path"] for r in runs) == paths, [r["parameters"] for r in runs]
     assert {r["state"]["type"] for r in runs} == {"COMPLETED"}, [
         (r["parameters"]["path"], r["state"]["type"], r["state"].get("message")) for r in runs]
     assert all(r["created_by"] and r["created_by"]["type"] == "AUTOMATION" for r in runs), runs[0]["created_by"]
+    # the automation is named and described on the Automations page, the runs after their acquisition
+    assert "new acquisition: process it" in automations and automations["new acquisition: process it"], automations
+    assert sorted(r["name"].split(" · ")[0] for r in runs) == sorted(Path(p).name for p in paths)
     # and every acquisition has its segmentation: in the Zarr acquisition itself, the
     # others converted into the workspace; nothing else written into the landing directory
     for path in paths:
