@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +68,7 @@ class Stage:
     process_block: Callable  # process_block(block) -> None; picklable
     tracking_dir: Path  # block-done markers live here
     skip_mask: np.ndarray | None = None  # per block, 1 = nothing to do (e.g. empty raw)
-    max_workers: int | None = None  # a cap below RunSettings.workers, e.g. 1 for I/O-bound work
     log_dir: Path | None = None  # worker logs; default <tracking_dir>/logs
-    summary: dict = field(default_factory=dict)  # filled by run_stage
-
-    @property
-    def block_grid_shape(self) -> tuple[int, ...]:
-        return tuple(-(-s // b) for s, b in zip(self.total_roi.shape, self.block_size))
 
 
 def block_index(block_write_roi: Roi, total_roi: Roi, block_size: Coordinate) -> int:
@@ -174,11 +168,6 @@ def _worker_main(argv: list[str] | None = None) -> None:
             process_block(block)
 
 
-def reset_tracking(stage: Stage) -> None:
-    """Forget which blocks are done (the output they described is gone)."""
-    shutil.rmtree(stage.tracking_dir, ignore_errors=True)
-
-
 def _raise_bad_input(stage: Stage, record: Path) -> None:
     """Bad input met in a block is reported as bad input (VolumeError), not as a failed
     stage, so that neither the CLI nor Prefect retries it."""
@@ -210,7 +199,7 @@ def run_stage(stage: Stage, settings: RunSettings = RunSettings()) -> dict:
         shutil.rmtree(tracking, ignore_errors=True)
     layout_file.write_text(layout)
 
-    workers = max(1, min(settings.workers, stage.max_workers or settings.workers))
+    workers = max(1, settings.workers)
     process = stage.process_block
     bad_input = stage.tracking_dir / "bad_input.txt"
     bad_input.unlink(missing_ok=True)
@@ -265,7 +254,6 @@ def run_stage(stage: Stage, settings: RunSettings = RunSettings()) -> dict:
         "seconds": round(time.perf_counter() - start, 3),
         "logs": str(log_dir),
     }
-    stage.summary = summary
     _raise_bad_input(stage, bad_input)
     if state.failed_count or state.orphaned_count or state.completed_count < state.total_block_count:
         error = state.first_worker_error or state.last_worker_error or "(no error reported; see the logs)"

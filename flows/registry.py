@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import time
@@ -34,8 +35,6 @@ def tracking_uri(workspace: str | os.PathLike) -> str:
 
 
 def _mlflow(workspace):
-    import logging
-
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -570,8 +569,6 @@ def _model_uri(reference: str, config) -> str:
 def resolve_prediction_model(reference: str | None, config):
     """(model file, lineage attrs, description) for `--model`, else the config's
     `prediction.model`, else its `prediction.checkpoint` file."""
-    import sys
-
     workspace = config.resolved_workspace
     if reference and not reference.startswith(("models:/", "@")):
         return Path(reference), {}, reference
@@ -583,5 +580,5 @@ def resolve_prediction_model(reference: str | None, config):
         except RegistryError as e:
             if reference or config.prediction.checkpoint is None:
                 raise
-            print(f"note: {e}; using prediction.checkpoint {config.prediction.checkpoint}", file=sys.stderr)
+            logging.getLogger(__name__).warning("%s; using prediction.checkpoint %s", e, config.prediction.checkpoint)
     return config.prediction.checkpoint, {}, str(config.prediction.checkpoint)

@@ -33,10 +33,6 @@ class ArrayRef(BaseModel):
             return "missing"
         return dataset_fingerprint(self.container, self.dataset)
 
-    @property
-    def uri(self) -> str:
-        return f"file://{self.container}/{self.dataset}"
-
 
 class GraphRef(BaseModel):
     """A region graph: store URL (without credentials: those come from the environment)

@@ -17,7 +17,7 @@ def test_prefect_yaml_entrypoints_load():
     assert pools == {"gpu", "cpu"}
     for deployment in spec["deployments"]:
         flow = load_flow_from_entrypoint(deployment["entrypoint"])
-        assert flow.name == deployment["name"] or deployment["name"] in ("train", "evaluate", "promote")
+        assert flow.name == deployment["name"] and flow.description, deployment["name"]
 
 
 def test_deployments_and_automations_are_named_and_described(tmp_path):

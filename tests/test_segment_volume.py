@@ -83,7 +83,7 @@ def test_evaluate_refuses_a_segmentation_on_another_roi(gala_with_gt_affs, tmp_p
                        Roi((0, 0, 0), (400, 1000, 2000)), labels.voxel_size, np.uint64)
     with pytest.raises(VolumeError, match="do not match"):
         evaluate_volume(gala_with_gt_affs, out_dir=tmp_path / "eval")
-    assert seg is not None
+    assert seg.roi != labels.roi and not (tmp_path / "eval").exists()  # refused before any report
 
 
 def test_evaluate_refuses_labels_outside_the_raw_data(gala_with_gt_affs, tmp_path):
