@@ -57,8 +57,27 @@ def layer_specs(container: str | os.PathLike, segmentation: str | None = None) -
 
 
 # neuroglancer's LocalVolume makes a segment's mesh from the whole array in memory: above
-# this size a segmentation is served lazily, in slices only (no 3-d meshes)
+# this size a segmentation is shown in slices only (no 3-d meshes)
 MESH_MAX_VOXELS = 256**3
+
+
+class MeshableArray:
+    """A Zarr array neuroglancer reads chunk by chunk, loaded whole only when a segment's
+    mesh is first asked for (LocalVolume's mesher takes `data.transpose()` of the whole
+    array), so a view of many segmentations costs memory only for those meshed."""
+
+    def __init__(self, array):
+        self._array = array
+        self._loaded: np.ndarray | None = None
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, index):
+        return (self._loaded if self._loaded is not None else self._array)[index]
+
+    def transpose(self, *axes):
+        if self._loaded is None:
+            self._loaded = self._array[...]
+        return self._loaded.transpose(*axes)
 
 
 def _local_volume(container: Path, dataset: str, segmentation: bool = False):
@@ -67,7 +86,7 @@ def _local_volume(container: Path, dataset: str, segmentation: bool = False):
     array = open_array(container, dataset)
     data = zarr.open(str(container / dataset), mode="r")
     if segmentation and data.size <= MESH_MAX_VOXELS:
-        data = data[...]
+        data = MeshableArray(data)
     voxel_size = [float(v) for v in array.voxel_size]
     offset = [int(o) for o in np.asarray(array.roi.offset) // np.asarray(array.voxel_size)]
     channels = len(data.shape) == 4
@@ -102,7 +121,7 @@ def open_view(container: str | os.PathLike, segmentation: str | None = None, bin
         for spec in specs:
             source = _local_volume(container, spec.dataset, segmentation=spec.kind == "segmentation")
             if spec.kind == "segmentation":
-                if not isinstance(source.data._data, np.ndarray):  # too large for meshes
+                if not isinstance(source.data._data, MeshableArray):  # too large for meshes
                     source = neuroglancer.LayerDataSource(url=source, enable_default_subsources=False,
                                                           subsources={"default": True})
                 layer = neuroglancer.SegmentationLayer(source=source)

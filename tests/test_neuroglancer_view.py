@@ -76,6 +76,8 @@ def test_the_viewer_state_is_in_nm_at_the_arrays_offsets(processed):
         np.testing.assert_allclose(volume.dimensions.scales[-3:], [v * 1e-9 for v in raw.voxel_size])
     assert list(_local_volume(processed, "volumes/pred_lsds").dimensions.names)[0] == "c^"  # a channel axis
     assert state.layers["fragments"].source[0].enable_default_subsources in (None, True)  # meshes on selection
+    lazy = _local_volume(processed, "volumes/fragments", segmentation=True).data._data
+    assert lazy._loaded is None  # nothing held in memory until a segment is meshed
 
 
 def test_a_large_segmentation_is_served_lazily_without_meshes(processed, monkeypatch):
