@@ -79,7 +79,9 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
     model_file, lineage, described = resolve_prediction_model(model, config)
     rename_flow_run(f"{source.name} · {config.name} · {model_label(lineage, model_file)}")
     pred_assets = [array_asset(raw.container, "volumes/pred_affs"), array_asset(raw.container, "volumes/pred_lsds")]
-    predictions = materializing(predict, pred_assets, [raw_asset, model_asset(lineage, model_file)])(config, raw, model)
+    # the model as resolved now (a version, or the file), so the task names what it used
+    resolved = lineage.get("model_uri") or str(model_file)
+    predictions = materializing(predict, pred_assets, [raw_asset, model_asset(lineage, model_file)])(config, raw, resolved)
     affs = next(p for p in predictions if p.dataset.endswith("pred_affs"))
     thresholds = thresholds or _thresholds(affs, config)
     job_graph = _graph_asset(config, affs, graph_url)

@@ -19,10 +19,16 @@ def _state(parameters) -> tuple[str, str | None]:
     return prediction_state(config, raw.container, model_file, extra_attrs=lineage)
 
 
+def _model_name(model: str | None) -> str:
+    if model is None:
+        return "the config's model"
+    return model.removeprefix("models:/") if model.startswith("models:/") else volume_name(model)
+
+
 @stage_task(name="predict", cache_key_fn=lambda ctx, p: f"predict-{_state(p)[0]}", committed=lambda p: _state(p)[1],
             retries=2, retry_delay_seconds=[30, 120], retry_condition_fn=retry_transient, persist_result=True,
             timeout_seconds=48 * 3600,
-            task_run_name=task_run_name("predict", lambda p: f"{volume_name(p['raw'])} with {p.get('model') or 'the config model'}"))
+            task_run_name=task_run_name("predict", lambda p: f"{volume_name(p['raw'])} with {_model_name(p.get('model'))}"))
 def predict(config, raw: ArrayRef, model: str | None = None) -> list[ArrayRef]:
     """Affinities and LSDs for `raw`'s volume with `model` (a file or models:/ URI; default
     the config's prediction.model, e.g. the champion)."""
