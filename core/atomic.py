@@ -1,6 +1,6 @@
 """Write beside, then rename into place: the one way lsdflow replaces a file or directory.
 
-A result is written under a hidden sibling name (`.<name>.partial-<host>-<pid>`) and
+A result is written under a hidden sibling name (`.<name>.partial-<host>~<thread>-<pid>`) and
 renamed into place only when complete, so a reader never sees half of it and the old
 version stays until the new one is there. A process killed part-way leaves its partial
 behind; the next writer of the same path removes partials (and displaced `.old-`
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +22,8 @@ _HOST = socket.gethostname().replace("-", "_")
 
 
 def _tag() -> str:
-    return f"{_HOST}-{os.getpid()}"
+    # the thread too: two flows of one process (threads) write the same output at once
+    return f"{_HOST}~{threading.get_ident()}-{os.getpid()}"
 
 
 def partial_path(final: str | os.PathLike) -> Path:
@@ -56,7 +58,7 @@ def remove_abandoned(final: str | os.PathLike) -> list[Path]:
     for kind in ("partial", "old"):
         for candidate in final.parent.glob(f".{final.name}.{kind}-*"):
             host, _, pid = candidate.name.rsplit(f".{kind}-", 1)[1].rpartition("-")
-            if host == _HOST and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if host.split("~")[0] == _HOST and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
                 _remove(candidate)
                 removed.append(candidate)
     return removed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .atomic import write_bytes
 from .metrics import segmentation_scores
 from .volumes import NEURON_IDS, RAW, VolumeError, list_datasets, open_array
 
@@ -75,7 +76,7 @@ def evaluate_volume(
         )))
     except VolumeError:
         pass  # no raw to show
-    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
+    write_bytes(out_dir / "evaluation.json", json.dumps(report, indent=2).encode())  # whole or not at all
     report["json"] = str(out_dir / "evaluation.json")
     return report
 

@@ -13,6 +13,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, out, dpi: int) -> None:
+    """Write the figure whole or not at all (beside, then renamed in): a flow running on the
+    same volume at the same time reads either the old picture or the new one."""
+    import io
+
+    from .atomic import write_bytes
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    write_bytes(out, buffer.getvalue())
+
+
 def plot_training_log(log_csv: str | os.PathLike, out: str | os.PathLike | None = None) -> Path | None:
     """Loss vs iteration (raw and smoothed) from a training log CSV; returns the PNG path."""
     log_csv = Path(log_csv)
@@ -39,8 +52,7 @@ def plot_training_log(log_csv: str | os.PathLike, out: str | os.PathLike | None 
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save(fig, out, dpi=100)
     return out
 
 
@@ -71,8 +83,7 @@ def _slice_panels(raw: np.ndarray, columns, out, title: str, n_slices: int) -> P
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    _save(fig, out, dpi=90)
     return out
 
 
@@ -118,8 +129,7 @@ def plot_voi_vs_threshold(rows: list[dict], out: str | os.PathLike, title: str =
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save(fig, out, dpi=100)
     return out
 
 
@@ -156,6 +166,5 @@ def plot_checkpoint_scores(rows: list[dict], out: str | os.PathLike, title: str 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save(fig, out, dpi=100)
     return out
