@@ -149,13 +149,13 @@ def plan(container, segmentation_datasets: list[str] | None = None, fragments: b
     if predictions:
         images += [ExportedImage("predictions/affinities", PRED_AFFS, False),
                    ExportedImage("predictions/lsds", PRED_LSDS, False)]
-    voxel_size = open_array(container, RAW).voxel_size
+    raw = open_array(container, RAW)
     for image in images[1:]:
         array = open_array(container, image.dataset)
-        if array.voxel_size != voxel_size or array.roi != open_array(container, RAW).roi:
+        if array.voxel_size != raw.voxel_size or array.roi != raw.roi:
             raise VolumeError(f"{container}/{image.dataset}: voxel size {tuple(array.voxel_size)} nm and ROI "
-                              f"{array.roi} differ from {RAW}'s ({tuple(voxel_size)} nm, "
-                              f"{open_array(container, RAW).roi}); an OME-Zarr image shares one grid")
+                              f"{array.roi} differ from {RAW}'s ({tuple(raw.voxel_size)} nm, {raw.roi}); "
+                              "an OME-Zarr image shares one grid")
     return images
 
 
