@@ -26,12 +26,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from lsdflow.core.checkpoints import load_model  # noqa: E402
+from lsdflow.core.model.checkpoints import load_model  # noqa: E402
 from lsdflow.core.config import load_config  # noqa: E402
-from lsdflow.core.predict import predict_array  # noqa: E402
-from lsdflow.core.threshold_selection import affinity_uncertainty  # noqa: E402
-from lsdflow.core.intensity import Normalization, intensity_stats  # noqa: E402
-from lsdflow.core.volumes import open_array  # noqa: E402
+from lsdflow.core.predict.in_memory import predict_array  # noqa: E402
+from lsdflow.core.segment.threshold_selection import affinity_uncertainty  # noqa: E402
+from lsdflow.core.io.intensity import Normalization, intensity_stats  # noqa: E402
+from lsdflow.core.io.volumes import open_array  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELD_NM = 1200  # the side of the field shown of each acquisition
@@ -116,7 +116,7 @@ def measure(config_name: str, model_path: Path) -> dict:
 
 
 def picture(measured: list[dict], out: Path, model_name: str) -> None:
-    from lsdflow.core.plots import _label_colours
+    from lsdflow.core.view.plots import _label_colours
 
     fig, axes = plt.subplots(len(measured), 4, figsize=(16, 4 * len(measured)))
     axes = np.atleast_2d(axes)

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lsdflow.core.checkpoints import load_model
+from lsdflow.core.model.checkpoints import load_model
 from lsdflow.core.config import load_config
-from lsdflow.core.models import build_model, count_parameters
+from lsdflow.core.model.networks import build_model, count_parameters
 
 ROOT = Path(__file__).resolve().parents[1]
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -91,7 +91,7 @@ def loading_rate(input_shape, output_shape, device: str, seconds: float, workdir
     scaled and z-scored as lsdflow's prediction does, pinned host copy (on CUDA), transfer."""
     import zarr
 
-    from lsdflow.core.intensity import Normalization
+    from lsdflow.core.io.intensity import Normalization
 
     shape = tuple(2 * s for s in input_shape)
     store = zarr.open(str(workdir / "raw.zarr"), mode="w", shape=shape, chunks=(64, 64, 64), dtype=np.uint8)

@@ -27,7 +27,7 @@ THRESHOLDS = [0.1, 0.15, 0.2]
 
 
 def make_volume(path: Path, size: int) -> None:
-    from lsdflow.core.volumes import open_array, write_array
+    from lsdflow.core.io.volumes import open_array, write_array
     from funlib.geometry import Roi
 
     source = ROOT / "data" / "gala" / "gala_test.zarr"
@@ -43,10 +43,10 @@ def make_volume(path: Path, size: int) -> None:
 
 
 def direct(volume: Path, workspace: Path) -> float:
-    from lsdflow.core.blockwise_predict import predict_blockwise
-    from lsdflow.core.blockwise_segment import segment_blockwise
+    from lsdflow.core.predict.blockwise import predict_blockwise
+    from lsdflow.core.segment.blockwise import segment_blockwise
     from lsdflow.core.config import load_config
-    from lsdflow.core.evaluate import evaluate_volume
+    from lsdflow.core.evaluate.scores import evaluate_volume
 
     began = time.perf_counter()
     config = load_config("gala", OVERRIDES, workspace)

@@ -22,15 +22,15 @@ import numpy as np
 import torch
 from funlib.geometry import Coordinate
 
-from lsdflow.core.blockwise import RunSettings, grid_blocks
-from lsdflow.core.blockwise_predict import block_voxels, covering_voxels, predict_blockwise
-from lsdflow.core.checkpoints import load_model
+from lsdflow.core.blockwise.runner import RunSettings, grid_blocks
+from lsdflow.core.predict.blockwise import block_voxels, covering_voxels, predict_blockwise
+from lsdflow.core.model.checkpoints import load_model
 from lsdflow.core.config import load_config
-from lsdflow.core.devices import default_device
-from lsdflow.core.predict import predict_volume, prediction_tile, tile_starts
-from lsdflow.core.test_time_augmentation import MIRRORINGS
-from lsdflow.core.threshold_selection import central_crop
-from lsdflow.core.volumes import open_array, write_array
+from lsdflow.core.model.devices import default_device
+from lsdflow.core.predict.in_memory import predict_volume, prediction_tile, tile_starts
+from lsdflow.core.predict.augmentation import MIRRORINGS
+from lsdflow.core.segment.threshold_selection import central_crop
+from lsdflow.core.io.volumes import open_array, write_array
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ made) and a test region (reported). For each dataset:
                   function); VOI/ARAND at the threshold chosen on validation, at the
                   threshold carried over from gala's validation region (medulla), at the
                   threshold each label-free criterion chooses on the test region itself
-                  (core/threshold_selection.py; its regret = VOI sum there minus the best),
+                  (core/segment/threshold_selection.py; its regret = VOI sum there minus the best),
                   and at the best threshold on test (an oracle)
   raw watershed   scikit-image watershed on a smoothed raw-intensity boundary map, seeds
                   from h-minima; h chosen on validation, and the best h on test
@@ -38,15 +38,15 @@ from skimage.measure import label
 from skimage.morphology import h_minima
 from skimage.segmentation import watershed
 
-from lsdflow.core.affinities import labels_to_affinities
-from lsdflow.core.checkpoints import describe_model, load_model
+from lsdflow.core.train.affinities import labels_to_affinities
+from lsdflow.core.model.checkpoints import describe_model, load_model
 from lsdflow.core.config import ModelConfig, load_config
-from lsdflow.core.metrics import segmentation_scores
-from lsdflow.core.predict import predict_array
-from lsdflow.core.segment import agglomerate, fragments_from_affinities
-from lsdflow.core.threshold_selection import affinity_uncertainty, choose, criteria, score_thresholds
-from lsdflow.core.checkpoints import input_normalization
-from lsdflow.core.volumes import open_array, voxel_slices
+from lsdflow.core.evaluate.metrics import segmentation_scores
+from lsdflow.core.predict.in_memory import predict_array
+from lsdflow.core.segment.in_memory import agglomerate, fragments_from_affinities
+from lsdflow.core.segment.threshold_selection import affinity_uncertainty, choose, criteria, score_thresholds
+from lsdflow.core.model.checkpoints import input_normalization
+from lsdflow.core.io.volumes import open_array, voxel_slices
 
 ROOT = Path(__file__).resolve().parents[1]
 H_VALUES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)

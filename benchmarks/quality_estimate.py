@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lsdflow.core.checkpoints import input_shift, load_model
+from lsdflow.core.model.checkpoints import input_shift, load_model
 from lsdflow.core.config import load_config
-from lsdflow.core.metrics import segmentation_scores
-from lsdflow.core.quality_estimate import halves_affinities, segment_at, tta_disagreement
-from lsdflow.core.threshold_selection import affinity_uncertainty, central_crop
-from lsdflow.core.volumes import open_array
+from lsdflow.core.evaluate.metrics import segmentation_scores
+from lsdflow.core.segment.quality_estimate import halves_affinities, segment_at, tta_disagreement
+from lsdflow.core.segment.threshold_selection import affinity_uncertainty, central_crop
+from lsdflow.core.io.volumes import open_array
 
 ROOT = Path(__file__).resolve().parents[1]
 

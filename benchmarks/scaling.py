@@ -34,12 +34,12 @@ import numpy as np
 import psutil
 from funlib.geometry import Roi
 
-from lsdflow.core.blockwise import RunSettings
-from lsdflow.core.blockwise_predict import predict_blockwise
-from lsdflow.core.blockwise_segment import BlockwiseSegmentation
+from lsdflow.core.blockwise.runner import RunSettings
+from lsdflow.core.predict.blockwise import predict_blockwise
+from lsdflow.core.segment.blockwise import BlockwiseSegmentation
 from lsdflow.core.config import load_config
-from lsdflow.core.ome_zarr_export import export_ome_zarr
-from lsdflow.core.volumes import open_array, write_array
+from lsdflow.core.io.ome_zarr_export import export_ome_zarr
+from lsdflow.core.io.volumes import open_array, write_array
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("predict", "fragments", "agglomerate", "find_segments", "relabel", "export")

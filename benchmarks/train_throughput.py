@@ -33,7 +33,7 @@ GALA_TRAIN = ROOT / "data" / "gala" / "gala_train.zarr"
 def reduced_config(name: str, workdir: Path):
     """The shipped config at reduced size, trained on gala pixels at its voxel size."""
     from lsdflow.core.config import load_config
-    from lsdflow.core.convert import convert
+    from lsdflow.core.io.convert import convert
 
     full = load_config(name)
     if name == "gala":
@@ -57,9 +57,9 @@ def measure(name: str, mode: str, iterations: int, workdir: Path) -> dict:
     import gunpowder as gp
     import torch
 
-    from lsdflow.core.losses import MultiTaskWeightedMSELoss
-    from lsdflow.core.models import build_model, count_parameters
-    from lsdflow.core.train import TrainingKeys, build_training_pipeline, make_request, train
+    from lsdflow.core.train.losses import MultiTaskWeightedMSELoss
+    from lsdflow.core.model.networks import build_model, count_parameters
+    from lsdflow.core.train.training import TrainingKeys, build_training_pipeline, make_request, train
 
     config = reduced_config(name, workdir)
     result = {

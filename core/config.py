@@ -8,6 +8,8 @@ file's directory.
 
 from __future__ import annotations
 
+import importlib.resources
+
 import hashlib
 import json
 import os
@@ -26,11 +28,12 @@ from pydantic import (
     model_validator,
 )
 
-from .unet_geometry import UnetGeometry, make_geometry
+from .model.unet_geometry import UnetGeometry, make_geometry
 
 Vec3 = tuple[int, int, int]
 AXES = ("z", "y", "x")
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# the shipped configs: configs/ of a source checkout, installed with the package as lsdflow.configs
+CONFIG_DIR = Path(str(importlib.resources.files("lsdflow.configs")))
 
 
 class ConfigError(ValueError):
@@ -282,7 +285,7 @@ class PredictionConfig(_Strict):
     )
     normalization: Literal["zscore", "match_training"] = Field(
         "zscore", description="raw intensities to network input: z-scored per volume, or first matched to the "
-        "intensity distribution of the model's training data (histogram matching; core/intensity.py)"
+        "intensity distribution of the model's training data (histogram matching; core/io/intensity.py)"
     )
 
     @field_validator("model")
@@ -309,7 +312,7 @@ class SegmentationConfig(_Strict):
         "(every configured threshold is segmented, the one that best explains the predictions is chosen)")
     criterion_max_voxels: int = Field(128**3, gt=0, description="criteria are computed on a central crop this large")
     quality_max_voxels: int = Field(
-        96**3, ge=0, description="the label-free quality estimate of `process-acquisition` (core/quality_estimate.py) "
+        96**3, ge=0, description="the label-free quality estimate of `process-acquisition` (core/segment/quality_estimate.py) "
         "is computed on a central crop this large (0: no estimate)")
 
 

@@ -21,7 +21,7 @@ from prefect import serve
 from prefect.deployments.runner import EntrypointType
 from prefect.events import DeploymentEventTrigger
 
-from ..core.acquisitions import data_roots as acquisition_roots
+from ..core.io.acquisitions import data_roots as acquisition_roots
 from ..flows.model_flows import evaluate, promote, train
 from ..flows.predict import predict
 from ..flows.process_acquisition import process_acquisition

@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = ROOT / "docs" / "images"
-LSDFLOW = [sys.executable, "-m", "lsdflow.flows.cli"]
+LSDFLOW = [sys.executable, "-m", "lsdflow.cli"]
 
 
 def free_port() -> int:
@@ -74,7 +74,7 @@ def post(api: str, path: str, body: dict):
 def browser(size=(1400, 1000)):
     import selenium.webdriver
 
-    from lsdflow.core.neuroglancer_view import browser as find_browser
+    from lsdflow.core.view.neuroglancer_view import browser as find_browser
 
     binary, _ = find_browser()
     options = selenium.webdriver.ChromeOptions()
@@ -99,7 +99,7 @@ def page(driver, url: str, out: Path, wait_for: str, settle_s: float = 3.0, time
 
 
 def neuroglancer(container: Path) -> None:
-    from lsdflow.core.neuroglancer_view import open_view, screenshot
+    from lsdflow.core.view.neuroglancer_view import open_view, screenshot
 
     out = IMAGES / "ui_neuroglancer.png"
     _, layers = screenshot(open_view(container), out, size=(1200, 800))
@@ -109,7 +109,7 @@ def neuroglancer(container: Path) -> None:
 def prefect(workdir: Path) -> None:
     from funlib.geometry import Coordinate, Roi
 
-    from lsdflow.core.volumes import open_array, write_array
+    from lsdflow.core.io.volumes import open_array, write_array
     from lsdflow.tasks.artifacts import volume_key
 
     port = free_port()

@@ -23,10 +23,10 @@ def train(config_name: str = "gala", iterations: int | None = None, overrides: l
       description="Score a registered model on validation data; the scores recorded with its version.")
 def evaluate(model_uri: str = "@challenger", config_name: str = "gala", volume: str | None = None,
              overrides: list[str] | None = None, workspace: str | None = None) -> dict:
-    from ..flows.registry import _model_uri
+    from ..registry.model_registry import expand_model_reference
 
     config = load_config(config_name, overrides or [], workspace)
-    return models.evaluate_model(config, _model_uri(model_uri, config), volume or _validation_volume(config))
+    return models.evaluate_model(config, expand_model_reference(model_uri, config), volume or _validation_volume(config))
 
 
 @flow(name="promote", flow_run_name="promote {config_name}",
@@ -46,6 +46,6 @@ def _validation_volume(config):
 
 
 def _default_name(config) -> str:
-    from ..flows.registry import default_model_name
+    from ..registry.model_registry import default_model_name
 
     return default_model_name(config)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from prefect import flow
 
-from ..core.acquisitions import check_inside_roots, output_dir
-from ..core.acquisitions import data_roots as acquisition_roots
+from ..core.io.acquisitions import check_inside_roots, output_dir
+from ..core.io.acquisitions import data_roots as acquisition_roots
 from ..core.config import load_config
-from ..core.intensity import describe_shift
-from ..core.predict import recorded_input_shift
-from ..core.volumes import dataset_exists
+from ..core.io.intensity import describe_shift
+from ..core.predict.in_memory import recorded_input_shift
+from ..core.io.volumes import dataset_exists
 from ..tasks import segmentation
 from ..tasks.artifacts import publish_summary, volume_key
 from ..tasks.assets import array_asset, graph_asset, materializing, ref_asset
@@ -25,7 +25,7 @@ from ..tasks.credentials import use_graph_credentials
 from ..tasks.references import ArrayRef
 from ..tasks.run_names import rename_flow_run
 from ..tasks.threshold_choice import choose_threshold
-from .registry import resolve_prediction_model
+from ..registry.model_registry import resolve_prediction_model
 
 
 def _run_name() -> str:
@@ -102,7 +102,7 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
     if config.segmentation.threshold_criterion != "validation" and len(segmentations) > 1:
         choice = choose_threshold(config, affs, segmentations)
         result["chosen"] = {k: choice[k] for k in ("threshold", "criterion", "quality")}
-    # a label-free estimate of how good the segmentation in use is (core/quality_estimate.py)
+    # a label-free estimate of how good the segmentation in use is (core/segment/quality_estimate.py)
     used = choice["threshold"] if choice is not None else (thresholds[0] if len(thresholds) == 1 else None)
     if used is not None and config.segmentation.quality_max_voxels:
         estimate = estimate_quality(config, raw, affs, float(used))
@@ -134,7 +134,7 @@ def _summary(result: dict, raw: ArrayRef, graph) -> dict:
         value = estimate["tta_disagreement"]
         rows["quality estimate (label-free)"] = estimate["verdict"] + (
             "" if value is None else f"; test-time-augmentation disagreement {value:.3f} at threshold "
-                                     f"{estimate['threshold']:g} (core/quality_estimate.py)")
+                                     f"{estimate['threshold']:g} (core/segment/quality_estimate.py)")
     if "best" in result:
         rows["best VOI sum"] = f"{result['best']['voi_sum']:.4f} at {result['best']['threshold']:g}"
     # where people look at segmentations: neuroglancer, and OME-Zarr for other viewers
@@ -144,13 +144,13 @@ def _summary(result: dict, raw: ArrayRef, graph) -> dict:
 
 
 def _graph_asset(config, affs: ArrayRef, graph_url: str | None) -> str:
-    from ..core.graphstore import default_graph_url, sample_name
+    from ..core.io.graphstore import default_graph_url, sample_name
 
     return graph_asset(graph_url or config.blockwise.graph or default_graph_url(affs.container),
                        sample_name(affs.container))
 
 
 def _thresholds(affs: ArrayRef, config) -> list[float]:
-    from ..core.threshold_selection import candidate_thresholds
+    from ..core.segment.threshold_selection import candidate_thresholds
 
     return candidate_thresholds(affs.container, affs.dataset, config)

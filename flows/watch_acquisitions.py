@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
-from ..core.acquisitions import announce_new, default_record
+from ..core.io.acquisitions import announce_new, default_record
 from ..core.config import load_config
 
 EVENT = "lsdflow.acquisition.created"

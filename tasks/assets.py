@@ -17,7 +17,7 @@ def array_asset(container: str, dataset: str) -> str:
 
 
 def graph_asset(url: str, sample: str) -> str:
-    from ..core.graphstore import redact
+    from ..core.io.graphstore import redact
 
     url = redact(url).replace(":***@", "@")
     url = re.sub(r"^[A-Za-z+]+", lambda m: m.group(0).lower(), url)  # scheme in lowercase

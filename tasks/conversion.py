@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from ..core.acquisitions import describe
-from ..core.convert import convert_if_changed
-from ..core.staged_arrays import committed_fingerprint, stage_key
-from ..core.volumes import RAW
+from ..core.io.acquisitions import describe
+from ..core.io.convert import convert_if_changed
+from ..core.blockwise.outputs import committed_fingerprint, stage_key
+from ..core.io.volumes import RAW
 from .cache_keys import stage_task
 from .references import ArrayRef
 from .retry import retry_transient

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from ..core.config import ConfigError
-from ..core.graphstore import PASSWORD_ENV, USER_ENV, has_password
+from ..core.io.graphstore import PASSWORD_ENV, USER_ENV, has_password
 
 
 def use_graph_credentials(graph_url: str | None, secret_block: str | None = None, user: str | None = None) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from prefect import task
 
-from ..core.evaluate import evaluate_volume
+from ..core.evaluate.scores import evaluate_volume
 from .artifacts import embedded_picture, publish_scores, publish_summary, volume_key
 from .references import ArrayRef
 from .retry import retry_transient

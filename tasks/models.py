@@ -37,15 +37,15 @@ def train(config, iterations: int | None = None) -> dict:
     workspace.mkdir(parents=True, exist_ok=True)
     config_file = workspace / "train_config.json"
     config_file.write_text(config.model_dump_json(indent=2))
-    command = [sys.executable, "-m", "lsdflow.flows.cli", "train", str(config_file), "--workspace", str(workspace),
-               "--no-register", "--quiet"] + (["--iterations", str(iterations)] if iterations else [])
+    command = [sys.executable, "-m", "lsdflow.cli", "train", str(config_file), "--workspace", str(workspace),
+               "--no-register", "--quiet", "--json"] + (["--iterations", str(iterations)] if iterations else [])
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"training failed ({' '.join(command)}):\n{done.stderr[-4000:]}")
-    trained = json.loads((workspace / "last_training.json").read_text())
+    trained = json.loads(done.stdout.strip().splitlines()[-1])  # `train --json` ends with its result
     publish_summary(f"train-{config.name}", f"training {config.name}",
                     {"iterations": trained["iteration"], "model file": trained["model_file"],
-                     "MLflow run": trained["run_id"], "log": done.stdout.strip().splitlines()[-1:]})
+                     "MLflow run": trained["run_id"], "log": done.stdout.strip().splitlines()[-2:-1]})
     return trained
 
 
@@ -53,7 +53,7 @@ def train(config, iterations: int | None = None) -> dict:
       retry_condition_fn=retry_transient, timeout_seconds=3600)
 def register(config, model_file: str, run_id: str | None = None) -> str:
     """A new registered version with alias challenger; returns its models:/ URI."""
-    from ..flows.registry import register_model
+    from ..registry.model_registry import register_model
 
     return register_model(model_file, config, config.resolved_workspace, run_id=run_id).uri
 
@@ -62,7 +62,7 @@ def register(config, model_file: str, run_id: str | None = None) -> str:
       retry_condition_fn=retry_transient, timeout_seconds=24 * 3600)
 def evaluate_model(config, model_uri: str, volume) -> dict:
     """`volume`: a path (the whole volume) or a VolumeRef (e.g. the config's validation region)."""
-    from ..flows.model_evaluation import evaluate_model as run
+    from ..registry.model_evaluation import evaluate_model as run
 
     report = run(model_uri, volume, config, config.resolved_workspace)
     publish_scores(f"model-scores-{model_uri}", report["scores"], report["best"])
@@ -72,8 +72,8 @@ def evaluate_model(config, model_uri: str, volume) -> dict:
 @task(name="promote", persist_result=True, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=retry_transient, timeout_seconds=3600)
 def promote(config, name: str | None = None, margin: float = 0.0) -> dict:
-    from ..flows.registry import default_model_name
-    from ..flows.registry import promote as run
+    from ..registry.model_registry import default_model_name
+    from ..registry.model_registry import promote as run
 
     decision = run(name or default_model_name(config), config.resolved_workspace, margin)
     publish_summary(f"promotion-{decision['model']}", "promotion",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..core.blockwise_predict import predict_blockwise, prediction_state
+from ..core.predict.blockwise import predict_blockwise, prediction_state
 from .artifacts import publish_summary, volume_key
 from .cache_keys import stage_task
 from .progress import blockwise_settings
@@ -12,7 +12,7 @@ from .run_names import logged_stage, task_run_name, volume_name
 
 
 def _state(parameters) -> tuple[str, str | None]:
-    from ..flows.registry import resolve_prediction_model
+    from ..registry.model_registry import resolve_prediction_model
 
     config, raw = parameters["config"], parameters["raw"]
     model_file, lineage, _ = resolve_prediction_model(parameters.get("model"), config)
@@ -32,7 +32,7 @@ def _model_name(model: str | None) -> str:
 def predict(config, raw: ArrayRef, model: str | None = None) -> list[ArrayRef]:
     """Affinities and LSDs for `raw`'s volume with `model` (a file or models:/ URI; default
     the config's prediction.model, e.g. the champion)."""
-    from ..flows.registry import resolve_prediction_model
+    from ..registry.model_registry import resolve_prediction_model
 
     model_file, lineage, described = resolve_prediction_model(model, config)
     with logged_stage("predict", volume=raw.container, ROI=raw.roi, model=described) as learned:

@@ -67,7 +67,7 @@ class PrefectProgress:
 
 def blockwise_settings(config, stage: str, volume: str = ""):
     """The config's run settings, reporting progress to the Prefect UI."""
-    from ..core.blockwise import RunSettings
+    from ..core.blockwise.runner import RunSettings
 
     bw = config.blockwise
-    return RunSettings(bw.workers, bw.retries, bw.block_timeout_s, bw.launcher, progress=PrefectProgress(stage, volume))
+    return RunSettings.from_config(config, progress=PrefectProgress(stage, volume))

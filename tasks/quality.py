@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ..core.quality_estimate import estimate_for_predictions, recorded
+from ..core.segment.quality_estimate import estimate_for_predictions, recorded
 from .cache_keys import stage_task
 from .references import ArrayRef
 from .retry import retry_transient

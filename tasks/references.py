@@ -20,14 +20,14 @@ class ArrayRef(BaseModel):
 
     @classmethod
     def of(cls, container, dataset: str) -> ArrayRef:
-        from ..core.volumes import dataset_fingerprint, open_array
+        from ..core.io.volumes import dataset_fingerprint, open_array
 
         array = open_array(container, dataset)
         return cls(container=str(Path(container).resolve()), dataset=dataset, roi=str(array.roi),
                    fingerprint=dataset_fingerprint(container, dataset))
 
     def current_fingerprint(self) -> str:
-        from ..core.volumes import dataset_exists, dataset_fingerprint
+        from ..core.io.volumes import dataset_exists, dataset_fingerprint
 
         if not dataset_exists(self.container, self.dataset):
             return "missing"

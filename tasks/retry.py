@@ -6,11 +6,11 @@ from __future__ import annotations
 
 
 def is_transient(error: BaseException) -> bool:
-    from ..core.blockwise import BlockwiseError
-    from ..core.input_checks import ModelFileError
+    from ..core.blockwise.runner import BlockwiseError
+    from ..core.io.input_checks import ModelFileError
     from ..core.config import ConfigError
-    from ..core.graphstore import GraphStoreError
-    from ..core.volumes import VolumeError
+    from ..core.io.graphstore import GraphStoreError
+    from ..core.io.volumes import VolumeError
 
     if isinstance(error, (VolumeError, ConfigError, ModelFileError, FileNotFoundError)):
         return False

@@ -5,8 +5,8 @@ recomputes nothing and a new threshold recomputes only find-segments and relabel
 
 from __future__ import annotations
 
-from ..core.blockwise_segment import BlockwiseSegmentation
-from ..core.graphstore import redact
+from ..core.segment.blockwise import BlockwiseSegmentation
+from ..core.io.graphstore import redact
 from .cache_keys import stage_task
 from .progress import blockwise_settings
 from .references import ArrayRef, GraphRef, LutsRef

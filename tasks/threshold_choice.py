@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ..core.threshold_selection import choose_and_record, recorded_choice
+from ..core.segment.threshold_selection import choose_and_record, recorded_choice
 from .cache_keys import stage_task
 from .references import ArrayRef
 from .retry import retry_transient

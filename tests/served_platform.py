@@ -63,7 +63,7 @@ class Platform:
 
     def watch(self, landing: Path) -> subprocess.CompletedProcess:
         """One scan of the watcher, as its schedule runs it."""
-        argv = [sys.executable, "-m", "lsdflow.flows.cli", "run", "watch-acquisitions", str(landing),
+        argv = [sys.executable, "-m", "lsdflow.cli", "run", "watch-acquisitions", str(landing),
                 "--settle-seconds", "0"]
         return subprocess.run(argv, env=self.env, cwd=self.logs.parent, capture_output=True, text=True, timeout=600)
 

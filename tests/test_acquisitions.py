@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from lsdflow.core.acquisitions import check_inside_roots, mark_announced, new_acquisitions
+from lsdflow.core.io.acquisitions import check_inside_roots, mark_announced, new_acquisitions
 
 
 def test_only_settled_new_or_changed_acquisitions_are_announced(tmp_path):

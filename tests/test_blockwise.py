@@ -10,20 +10,22 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 from funlib.geometry import Coordinate, Roi
 
-from lsdflow.core.affinities import labels_to_affinities
-from lsdflow.core.blockwise import BlockProcessor, BlockwiseError, RunSettings, Stage, block_index, run_stage
-from lsdflow.core.blockwise_segment import segment_blockwise
-from lsdflow.core.cli import main
+from lsdflow.core.train.affinities import labels_to_affinities
+from lsdflow.core.blockwise.runner import BlockwiseError, RunSettings, block_index, run_stage
+from lsdflow.core.blockwise.stage import BlockwiseStage
+from lsdflow.core.segment.blockwise import segment_blockwise
+from lsdflow.cli.main import main
 from lsdflow.core.config import load_config
-from lsdflow.core.metrics import segmentation_scores
-from lsdflow.core.segment import agglomerate, fragments_from_affinities
-from lsdflow.core.synthetic import synthetic_affinities, synthetic_labels
-from lsdflow.core.volumes import open_array, write_array
+from lsdflow.core.evaluate.metrics import segmentation_scores
+from lsdflow.core.segment.in_memory import agglomerate, fragments_from_affinities
+from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
+from lsdflow.core.io.volumes import open_array, write_array
 
 from .conftest import ROOT
 
@@ -32,20 +34,31 @@ QUIET = RunSettings(workers=2, progress=False)
 GALA_BLOCKS = ["blockwise.block_size_nm=[640, 640, 640]"]  # 8 blocks on gala_test
 
 
-class RecordBlock(BlockProcessor):
+class RecordStage(BlockwiseStage):
     """Writes one file per processed block; fails blocks listed in a flag file."""
 
-    def __init__(self, out_dir: Path, flag: Path, total_roi: Roi, block_size: Coordinate):
-        self.out_dir = str(out_dir)
-        self.flag = str(flag)
-        self.total_roi = total_roi
-        self.block_size = block_size
+    name: ClassVar[str] = "record"
+    out_dir: str
+    flag: str
+    tracking: str
 
-    def setup(self):
-        self._h_pid = os.getpid()
+    def total_roi(self) -> Roi:
+        return Roi((0, 0, 0), (40, 40, 10))
+
+    def block_size(self) -> Coordinate:
+        return Coordinate(10, 10, 10)
+
+    def context(self) -> Coordinate:
+        return Coordinate(2, 2, 2)
+
+    def key(self) -> str:
+        return "record"
+
+    def tracking_dir(self) -> Path:
+        return Path(self.tracking)
 
     def process(self, block):
-        index = block_index(block.write_roi, self.total_roi, self.block_size)
+        index = block_index(block.write_roi, self.total_roi(), self.block_size())
         if os.path.exists(self.flag):
             failing = {int(i) for i in Path(self.flag).read_text().split()}
             if index in failing:
@@ -55,12 +68,10 @@ class RecordBlock(BlockProcessor):
         Path(self.out_dir, f"{index}-{uuid.uuid4().hex}").touch()
 
 
-def _record_stage(tmp_path, flag) -> Stage:
-    total = Roi((0, 0, 0), (40, 40, 10))
-    block = Coordinate(10, 10, 10)
+def _record_stage(tmp_path, flag) -> RecordStage:
     (tmp_path / "out").mkdir(exist_ok=True)
-    return Stage("record", total, block, Coordinate(2, 2, 2), RecordBlock(tmp_path / "out", flag, total, block),
-                 tmp_path / "tracking")
+    return RecordStage(container=str(tmp_path), out_dir=str(tmp_path / "out"), flag=str(flag),
+                       tracking=str(tmp_path / "tracking"))
 
 
 def _processed(tmp_path) -> list[int]:
@@ -193,8 +204,8 @@ def test_a_killed_run_resumes_and_gives_the_same_segmentation(gala_gt):
 
     interrupted = _copy(gala_gt, "interrupted.zarr")
     script = (
-        "from lsdflow.core.config import load_config; from lsdflow.core.blockwise import RunSettings;"
-        "from lsdflow.core.blockwise_segment import segment_blockwise;"
+        "from lsdflow.core.config import load_config; from lsdflow.core.blockwise.runner import RunSettings;"
+        "from lsdflow.core.segment.blockwise import segment_blockwise;"
         f"segment_blockwise(load_config('gala', {overrides!r}), {str(interrupted)!r},"
         " settings=RunSettings(workers=1, progress=False))"
     )
@@ -203,7 +214,7 @@ def test_a_killed_run_resumes_and_gives_the_same_segmentation(gala_gt):
     deadline = time.monotonic() + 120
     try:
         while True:  # kill the whole run (server and workers) part-way through agglomeration
-            trackings = list((interrupted / ".lsdflow").glob("agglomerate-*"))
+            trackings = list((interrupted / ".lsdflow" / "blocks").glob("agglomerate-*"))
             if trackings and _done_blocks(trackings[0]) >= 5:
                 break
             assert process.poll() is None, "the run ended before it could be interrupted"
@@ -230,7 +241,7 @@ def test_bad_affinities_fail_before_anything_is_written(tmp_path, gala_test):
     labels = open_array(container, "volumes/labels/neuron_ids")
     two_channels = np.zeros((2, *labels.shape), np.uint8)
     write_array(container, "volumes/pred_affs", labels.roi, labels.voxel_size, two_channels)
-    from lsdflow.core.volumes import VolumeError
+    from lsdflow.core.io.volumes import VolumeError
 
     with pytest.raises(VolumeError, match="3 channels"):
         segment_blockwise(load_config("gala"), container, settings=QUIET)
@@ -245,7 +256,7 @@ def test_shipped_model_affinities_blockwise_matches_in_memory_at_every_threshold
     """Real predicted affinities, 8 blocks: the blockwise agglomeration equals waterz in memory
     on the same fragments at every threshold, and the whole blockwise path stays close to the
     in-memory one down to the lowest threshold (fragments cut by block faces are stitched)."""
-    from lsdflow.core.predict import predict_volume
+    from lsdflow.core.predict.in_memory import predict_volume
 
     container = tmp_path / "gala.zarr"
     shutil.copytree(gala_test, container)

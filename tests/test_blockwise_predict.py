@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import zarr
 
-from lsdflow.core.blockwise import RunSettings
-from lsdflow.core.blockwise_predict import predict_blockwise, prediction_key
-from lsdflow.core.cli import main
+from lsdflow.core.blockwise.runner import RunSettings
+from lsdflow.core.predict.blockwise import predict_blockwise, prediction_key
+from lsdflow.cli.main import main
 from lsdflow.core.config import load_config
-from lsdflow.core.predict import predict_volume
-from lsdflow.core.volumes import list_datasets, open_array, write_array
+from lsdflow.core.predict.in_memory import predict_volume
+from lsdflow.core.io.volumes import list_datasets, open_array, write_array
 
 QUIET = RunSettings(workers=2, progress=False)
 # one pass per tile (the shipped config averages 8 mirrorings; tested on its own below)
@@ -29,7 +29,8 @@ def volume(tmp_path, gala_test):
 
 def test_blockwise_prediction_equals_the_in_memory_path(volume, tmp_path):
     config = load_config("gala", PLAIN)  # 72^3-voxel blocks: 6 blocks on gala_test
-    assert main(["predict", "gala", str(volume), "--blockwise", "--workers", "2", "--quiet", "--set", PLAIN[0]]) == 0
+    assert main(["predict", "gala", str(volume), "--blockwise", "--workers", "2", "--quiet", "--set", PLAIN[0],
+                 "--workspace", str(tmp_path / "ws")]) == 0  # no registry there: the config's model file
     reference = tmp_path / "reference.zarr"
     shutil.copytree(volume, reference, ignore=shutil.ignore_patterns("pred_*", ".lsdflow"))
     predict_volume(config, reference, progress=False)
@@ -39,7 +40,7 @@ def test_blockwise_prediction_equals_the_in_memory_path(volume, tmp_path):
         assert ours.roi == theirs.roi and ours.voxel_size == theirs.voxel_size
         assert np.abs(ours[ours.roi].astype(int) - theirs[theirs.roi].astype(int)).max() <= 1
     attrs = zarr.open(str(volume / "volumes/pred_affs")).attrs
-    from lsdflow.core.checkpoints import load_model
+    from lsdflow.core.model.checkpoints import load_model
 
     assert attrs["model_iteration"] == load_model(config.prediction.checkpoint)[1]["iteration"]
     assert attrs["model_file"].endswith("gala_mtlsd.pt")

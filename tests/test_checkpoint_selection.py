@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from lsdflow.core.checkpoint_selection import segmentation_grid, select_checkpoint
-from lsdflow.core.checkpoints import load_model, save_training_checkpoint
+from lsdflow.core.evaluate.checkpoint_selection import segmentation_grid, select_checkpoint
+from lsdflow.core.model.checkpoints import load_model, save_training_checkpoint
 from lsdflow.core.config import load_config
-from lsdflow.core.models import build_model
+from lsdflow.core.model.networks import build_model
 
 from .conftest import ROOT
 
@@ -68,8 +68,8 @@ def test_selection_needs_checkpoints_and_a_validation_volume(run_dir, tmp_path):
 def test_select_register_promote_from_the_command_line(run_dir, tmp_path, monkeypatch, capsys):
     """`lsdflow select-checkpoint --register` makes the winner the challenger with its
     validation scores; `promote` then makes it champion; the region is on record."""
-    from lsdflow.flows.cli import main
-    from lsdflow.flows.registry import resolve_model
+    from lsdflow.cli.main import main
+    from lsdflow.registry.model_registry import resolve_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     workspace = tmp_path / "ws"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lsdflow.core.cli import main as cli
+from lsdflow.cli.main import main as cli
 from lsdflow.core.demo import run_demo
 from lsdflow.core.config import load_config
 

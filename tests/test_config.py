@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lsdflow.core.config import ConfigError, load_config, parse_override, shipped_configs
-from lsdflow.core.models import output_shape_from_network
+from lsdflow.core.model.networks import output_shape_from_network
 
 
 def test_ships_configs_for_the_published_datasets():

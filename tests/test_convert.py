@@ -10,10 +10,10 @@ import pytest
 import tifffile
 import zarr
 
-from lsdflow.core import convert as convert_module
-from lsdflow.core.cli import main as cli
-from lsdflow.core.convert import convert
-from lsdflow.core.volumes import VolumeError, list_datasets, open_array
+from lsdflow.core.io import convert as convert_module
+from lsdflow.cli.main import main as cli
+from lsdflow.core.io.convert import convert
+from lsdflow.core.io.volumes import VolumeError, list_datasets, open_array
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,7 @@ def _walk(container: Path, dataset: str):
 def test_every_container_lsdflow_writes_is_a_zarr_hierarchy(tmp_path, gala_arrays):
     from funlib.geometry import Roi
 
-    from lsdflow.core.volumes import write_array
+    from lsdflow.core.io.volumes import write_array
 
     raw, labels = gala_arrays
     out = convert(write_cremi_h5(tmp_path / "in.h5", raw, labels), tmp_path / "c.zarr", progress=False)
@@ -241,7 +241,7 @@ def test_every_container_lsdflow_writes_is_a_zarr_hierarchy(tmp_path, gala_array
 def test_repair_adds_the_missing_groups_of_an_old_container_and_touches_no_data(tmp_path, gala_test, capsys):
     import shutil
 
-    from lsdflow.core.volumes import dataset_fingerprint
+    from lsdflow.core.io.volumes import dataset_fingerprint
 
     old = tmp_path / "old.zarr"
     shutil.copytree(gala_test, old)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lsdflow.flows.cli import build_parser
+from lsdflow.cli.main import build_parser
 
 from .conftest import ROOT
 

@@ -7,12 +7,12 @@ import waterz
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from lsdflow.core.find_segments import apply_lut, read_lut, segment_luts, write_luts
-from lsdflow.core.merge_history import edge_merge_scores
-from lsdflow.core.region_merging import boundary_statistics
-from lsdflow.core.metrics import segmentation_scores
-from lsdflow.core.segment import fragments_from_affinities, quiet_stdout, scoring_function
-from lsdflow.core.synthetic import synthetic_affinities, synthetic_labels
+from lsdflow.core.segment.find_segments import apply_lut, read_lut, segment_luts, write_luts
+from lsdflow.core.segment.merge_history import edge_merge_scores
+from lsdflow.core.segment.region_merging import boundary_statistics
+from lsdflow.core.evaluate.metrics import segmentation_scores
+from lsdflow.core.segment.in_memory import fragments_from_affinities, quiet_stdout, scoring_function
+from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
 
 
 def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:

@@ -10,10 +10,10 @@ import pytest
 from lsdflow.core.config import load_config
 from lsdflow.tasks.run_names import stage_of
 
-from lsdflow.core.affinities import labels_to_affinities
-from lsdflow.core.blockwise import BlockwiseError
-from lsdflow.core.blockwise_segment import BlockwiseSegmentation
-from lsdflow.core.volumes import VolumeError, open_array, write_array
+from lsdflow.core.train.affinities import labels_to_affinities
+from lsdflow.core.blockwise.runner import BlockwiseError
+from lsdflow.core.segment.blockwise import BlockwiseSegmentation
+from lsdflow.core.io.volumes import VolumeError, open_array, write_array
 
 # one prediction pass per tile: these tests are about orchestration, not the shipped setting
 BLOCKS = ["blockwise.block_size_nm=[640, 640, 640]", "prediction.test_time_augmentation=false"]
@@ -139,7 +139,7 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
     assert set(_task_states(first)) == {"predict", "fragments", "agglomerate", "find-segments", "relabel",
                                         "choose-threshold", "estimate-quality", "evaluate"}
     # how good the segmentation in use is, estimated without labels, recorded with it
-    from lsdflow.core.quality_estimate import recorded
+    from lsdflow.core.segment.quality_estimate import recorded
 
     estimate = result["quality_estimate"]
     assert estimate["threshold"] == result["chosen"]["threshold"] and estimate["tta_disagreement"] >= 0
@@ -148,7 +148,7 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
     chosen = result["chosen"]
     assert chosen["threshold"] in (0.1, 0.2) and chosen["criterion"] == "lsd_disagreement"
     assert chosen["scores"]["threshold"] == chosen["threshold"] and 0 <= chosen["quality"]["affinity_uncertainty"] <= 1
-    from lsdflow.core.threshold_selection import recorded_choice
+    from lsdflow.core.segment.threshold_selection import recorded_choice
 
     assert recorded_choice(volume, "hist_quant_50")["threshold"] == chosen["threshold"]
     segmentation_asset = f"file://{volume}/volumes/segmentation/hist_quant_50/0.1"
@@ -198,7 +198,7 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
 def test_train_and_promote_flows(prefect_api, tmp_path, monkeypatch):
     """train → registered challenger; promote → evaluated on validation data, champion."""
     from lsdflow.flows.model_flows import promote, train
-    from lsdflow.flows.registry import resolve_model
+    from lsdflow.registry.model_registry import resolve_model
 
     from .conftest import TINY_NET
 

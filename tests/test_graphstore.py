@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from funlib.geometry import Roi
 
-from lsdflow.core.graphstore import (
+from lsdflow.core.io.graphstore import (
     Edges,
     GraphStoreError,
     Nodes,
@@ -84,7 +84,7 @@ def test_bad_urls_are_clear_errors_without_passwords(tmp_path):
     url = "mongodb://alice:s3cret@127.0.0.1:1/db"
     assert redact(url) == "mongodb://alice:***@127.0.0.1:1/db"
     with pytest.raises(GraphStoreError) as e:
-        from lsdflow.core.graphstore import MongoGraphStore
+        from lsdflow.core.io.graphstore import MongoGraphStore
 
         MongoGraphStore(url, "sample", timeout_ms=200)
     assert "s3cret" not in str(e.value) and "***" in str(e.value)
@@ -104,7 +104,7 @@ def test_pieces_of_a_stitched_fragment_read_as_one_node(store):
 
 
 def test_boundary_statistics_round_trip_and_sum_over_blocks(store):
-    from lsdflow.core.region_merging import EdgeStatistics, boundary_statistics, initial_scores
+    from lsdflow.core.segment.region_merging import EdgeStatistics, boundary_statistics, initial_scores
 
     rng = np.random.default_rng(0)
     fragments = np.repeat(np.arange(1, 5, dtype=np.uint64), 4)[:, None, None] * np.ones((1, 3, 3), np.uint64)

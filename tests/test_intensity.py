@@ -1,5 +1,5 @@
 """Input normalization: z-score, and histogram matching to the model's training data
-(core/intensity.py), on real gala data with a simulated change of microscope settings."""
+(core/io/intensity.py), on real gala data with a simulated change of microscope settings."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import zarr
 from funlib.geometry import Roi
 
-from lsdflow.core.blockwise import RunSettings
-from lsdflow.core.blockwise_predict import predict_blockwise, prediction_key
-from lsdflow.core.checkpoints import load_model, write_model_file
+from lsdflow.core.blockwise.runner import RunSettings
+from lsdflow.core.predict.blockwise import predict_blockwise, prediction_key
+from lsdflow.core.model.checkpoints import load_model, write_model_file
 from lsdflow.core.config import load_config
-from lsdflow.core.intensity import (
+from lsdflow.core.io.intensity import (
     OUT_OF_DEPTH_SHIFT,
     REFERENCE_LEVELS,
     Normalization,
@@ -24,9 +24,9 @@ from lsdflow.core.intensity import (
     normalization_for,
     training_reference,
 )
-from lsdflow.core.predict import predict_volume, recorded_input_shift
-from lsdflow.core.volumes import open_array, write_array
-from lsdflow.flows.cli import main as lsdflow
+from lsdflow.core.predict.in_memory import predict_volume, recorded_input_shift
+from lsdflow.core.io.volumes import open_array, write_array
+from lsdflow.cli.main import main as lsdflow
 
 from .conftest import TINY
 
@@ -116,7 +116,7 @@ def test_input_shift_flags_another_acquisition_and_not_the_models_own(gala_test)
 
 def test_a_model_without_its_training_intensities_is_refused_before_anything_is_written(tmp_path, gala_test,
                                                                                         capsys):
-    from lsdflow.core.models import build_model
+    from lsdflow.core.model.networks import build_model
 
     # written where its training data is not: the file cannot carry the distribution
     config = load_config("gala", [*TINY, f'data.train=["{tmp_path / "elsewhere.zarr"}"]'])

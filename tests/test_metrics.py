@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 from skimage.metrics import adapted_rand_error, variation_of_information
 
-from lsdflow.core.metrics import segmentation_scores
-from lsdflow.core.volumes import open_array
+from lsdflow.core.evaluate.metrics import segmentation_scores
+from lsdflow.core.io.volumes import open_array
 
 
 @pytest.fixture(scope="module")

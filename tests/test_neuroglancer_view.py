@@ -12,9 +12,9 @@ import pytest
 import zarr
 from funlib.geometry import Coordinate, Roi
 
-from lsdflow.core.neuroglancer_view import _local_volume, layer_specs, open_view, screenshot
-from lsdflow.core.threshold_selection import CHOICE_ATTRIBUTE
-from lsdflow.core.volumes import VolumeError, open_array, write_array
+from lsdflow.core.view.neuroglancer_view import _local_volume, layer_specs, open_view, screenshot
+from lsdflow.core.segment.threshold_selection import CHOICE_ATTRIBUTE
+from lsdflow.core.io.volumes import VolumeError, open_array, write_array
 
 NO_BROWSER = shutil.which("chromium") is None or shutil.which("chromedriver") is None
 needs_browser = pytest.mark.skipif(NO_BROWSER, reason="Chromium and ChromeDriver are not installed "
@@ -81,7 +81,7 @@ def test_the_viewer_state_is_in_nm_at_the_arrays_offsets(processed):
 
 
 def test_a_large_segmentation_is_served_lazily_without_meshes(processed, monkeypatch):
-    import lsdflow.core.neuroglancer_view as view
+    import lsdflow.core.view.neuroglancer_view as view
 
     monkeypatch.setattr(view, "MESH_MAX_VOXELS", 1000)
     state = view.open_view(processed).state

@@ -11,9 +11,9 @@ import pytest
 import zarr
 from funlib.geometry import Coordinate, Roi
 
-from lsdflow.core.blockwise import RunSettings
-from lsdflow.core.ome_zarr_export import downsample_mean, downsample_mode, export_ome_zarr, pyramid
-from lsdflow.core.volumes import VolumeError, open_array, write_array
+from lsdflow.core.blockwise.runner import RunSettings
+from lsdflow.core.io.ome_zarr_export import downsample_mean, downsample_mode, export_ome_zarr, pyramid
+from lsdflow.core.io.volumes import VolumeError, open_array, write_array
 
 SEGMENTATION = "volumes/segmentation/hist_quant_50/0.15"
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 import zarr
 
-from lsdflow.core.checkpoints import export_model
-from lsdflow.core.cli import main as cli
+from lsdflow.core.model.checkpoints import export_model
+from lsdflow.cli.main import main as cli
 from lsdflow.core.config import ConfigError, load_config
-from lsdflow.core.convert import convert
-from lsdflow.core.models import build_model
-from lsdflow.core.predict import predict_volume
-from lsdflow.core.volumes import VolumeError, list_datasets, open_array
+from lsdflow.core.io.convert import convert
+from lsdflow.core.model.networks import build_model
+from lsdflow.core.predict.in_memory import predict_volume
+from lsdflow.core.io.volumes import VolumeError, list_datasets, open_array
 
 
 @pytest.fixture
@@ -61,14 +61,14 @@ def test_a_volume_that_does_not_fit_in_memory_is_refused_with_the_blockwise_comm
     or written, with the command that handles it."""
     before = list_datasets(gala_copy)
     monkeypatch.setenv("LSDFLOW_MEMORY_LIMIT_GB", "0.1")
-    assert cli(["predict", "gala", str(gala_copy), "--quiet"]) == 2
+    assert cli(["predict", "gala", str(gala_copy), "--quiet", "--workspace", str(gala_copy.parent / "ws")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("lsdflow: error: ") and f"{gala_copy}/volumes/raw" in error
     assert "0.3 GB" in error and "0.1 GB are available" in error  # 1 M voxels x 256 B with test-time augmentation
     assert f"lsdflow predict gala {gala_copy} --blockwise" in error
     assert list_datasets(gala_copy) == before
     monkeypatch.setenv("LSDFLOW_MEMORY_LIMIT_GB", "lots")
-    assert cli(["predict", "gala", str(gala_copy), "--quiet"]) == 2
+    assert cli(["predict", "gala", str(gala_copy), "--quiet", "--workspace", str(gala_copy.parent / "ws")]) == 2
     assert "LSDFLOW_MEMORY_LIMIT_GB='lots': expected a number of gigabytes" in capsys.readouterr().err
 
 
@@ -77,7 +77,8 @@ def test_predict_segment_evaluate_from_the_command_line(gala_copy, tmp_path, cap
     """The small-volume path with the shipped model writes well-described predictions and
     beats a bad segmentation clearly. One pass per tile (test-time augmentation, 8x slower,
     is tested in test_blockwise_predict and test_checkpoint_selection)."""
-    assert cli(["predict", "gala", str(gala_copy), "--quiet", "--set", "prediction.test_time_augmentation=false"]) == 0
+    assert cli(["predict", "gala", str(gala_copy), "--quiet", "--set", "prediction.test_time_augmentation=false",
+                "--workspace", str(tmp_path / "ws")]) == 0
     assert "volumes/pred_affs" in capsys.readouterr().out
     raw = open_array(gala_copy, "volumes/raw")
     affs = open_array(gala_copy, "volumes/pred_affs")
@@ -107,8 +108,8 @@ def test_predict_segment_evaluate_from_the_command_line(gala_copy, tmp_path, cap
 def test_a_model_file_that_carries_its_validation_threshold_sets_the_default_threshold(tmp_path, gala_test, tiny_model):
     """The shipped medulla model carries the threshold chosen on medulla validation; a
     volume predicted with such a file is segmented at that threshold unless told otherwise."""
-    from lsdflow.core.checkpoints import load_model, write_model_file
-    from lsdflow.core.segment import default_thresholds
+    from lsdflow.core.model.checkpoints import load_model, write_model_file
+    from lsdflow.core.segment.in_memory import default_thresholds
 
     from .conftest import TINY
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lsdflow.core.affinities import labels_to_affinities
-from lsdflow.core.metrics import segmentation_scores
-from lsdflow.core.segment import segment_volume
-from lsdflow.core.volumes import VolumeError, create_array, list_datasets, open_array
+from lsdflow.core.train.affinities import labels_to_affinities
+from lsdflow.core.evaluate.metrics import segmentation_scores
+from lsdflow.core.segment.in_memory import segment_volume
+from lsdflow.core.io.volumes import VolumeError, create_array, list_datasets, open_array
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_bad_affinities_give_a_clear_error_and_write_nothing(gala_with_gt_affs, 
 
 
 def test_evaluate_volume_reports_every_threshold_and_the_best(gala_with_gt_affs, tmp_path):
-    from lsdflow.core.evaluate import evaluate_volume, format_scores
+    from lsdflow.core.evaluate.scores import evaluate_volume, format_scores
 
     segment_volume(gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.3, 0.5, 0.7])
     report = evaluate_volume(gala_with_gt_affs, out_dir=tmp_path / "eval")
@@ -76,7 +76,7 @@ def test_evaluate_volume_reports_every_threshold_and_the_best(gala_with_gt_affs,
 def test_evaluate_refuses_a_segmentation_on_another_roi(gala_with_gt_affs, tmp_path):
     from funlib.geometry import Roi
 
-    from lsdflow.core.evaluate import evaluate_volume
+    from lsdflow.core.evaluate.scores import evaluate_volume
 
     labels = open_array(gala_with_gt_affs, "volumes/labels/neuron_ids")
     seg = create_array(gala_with_gt_affs, "volumes/segmentation/hist_quant_50/0.5",
@@ -90,8 +90,8 @@ def test_evaluate_refuses_labels_outside_the_raw_data(gala_with_gt_affs, tmp_pat
     """A label/raw ROI mismatch is a clear error, and no report is written."""
     from funlib.geometry import Roi
 
-    from lsdflow.core.evaluate import evaluate_volume
-    from lsdflow.core.volumes import write_array
+    from lsdflow.core.evaluate.scores import evaluate_volume
+    from lsdflow.core.io.volumes import write_array
 
     segment_volume(gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.5])
     raw = open_array(gala_with_gt_affs, "volumes/raw")
@@ -106,14 +106,14 @@ def test_evaluate_scores_only_the_given_region(gala_with_gt_affs, tmp_path):
     """A validation/test region is scored on its own voxels (the segmentation covers more)."""
     from funlib.geometry import Roi
 
-    from lsdflow.core.evaluate import evaluate_volume
+    from lsdflow.core.evaluate.scores import evaluate_volume
 
     segment_volume(gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.5])
     seg = open_array(gala_with_gt_affs, "volumes/segmentation/hist_quant_50/0.5")
     # a segmentation that is wrong outside the region: one id for the right half
     data = seg[seg.roi]
     data[:, :, 100:] = 1
-    from lsdflow.core.volumes import write_array
+    from lsdflow.core.io.volumes import write_array
 
     write_array(gala_with_gt_affs, "volumes/segmentation/hist_quant_50/0.5", seg.roi, seg.voxel_size, data)
     labels = open_array(gala_with_gt_affs, "volumes/labels/neuron_ids")

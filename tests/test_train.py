@@ -10,17 +10,17 @@ import pytest
 import torch
 from funlib.geometry import Coordinate
 
-from lsdflow.core.checkpoints import latest_checkpoint, list_checkpoints, load_model
+from lsdflow.core.model.checkpoints import latest_checkpoint, list_checkpoints, load_model
 from lsdflow.core.config import ConfigError, load_config
-from lsdflow.core.convert import convert
-from lsdflow.core.train import (
+from lsdflow.core.io.convert import convert
+from lsdflow.core.train.training import (
     TrainingKeys,
     build_training_pipeline,
     make_request,
     train,
     training_request,
 )
-from lsdflow.core.volumes import VolumeError
+from lsdflow.core.io.volumes import VolumeError
 
 from .conftest import TINY_NET
 
@@ -121,7 +121,7 @@ def test_mito_model_trains_on_mito_labels(tmp_path, gala_train, tiny_gala_config
     labels = zarr.open(str(data / "volumes/labels/neuron_ids"))[:]
     ids, sizes = np.unique(labels[labels > 0], return_counts=True)
     mito = np.where(np.isin(labels, ids[sizes < np.percentile(sizes, 30)]), labels, 0)
-    from lsdflow.core.volumes import create_array, open_array
+    from lsdflow.core.io.volumes import create_array, open_array
 
     lab = open_array(data, "volumes/labels/neuron_ids")
     out = create_array(data, "volumes/labels/mito_ids", lab.roi, lab.voxel_size, np.uint64)
@@ -143,7 +143,7 @@ def test_voxel_size_that_disagrees_with_the_data_is_rejected(tiny_gala_config):
 
 
 def loss_on_fixed_batches(config, checkpoint, batches, keys):
-    from lsdflow.core.losses import MultiTaskWeightedMSELoss
+    from lsdflow.core.train.losses import MultiTaskWeightedMSELoss
 
     model, _ = load_model(checkpoint)
     loss_fn = MultiTaskWeightedMSELoss([config.training.loss_weights[n] for n in config.model.outputs])
@@ -217,7 +217,7 @@ def test_resuming_with_a_different_network_is_refused(tiny_gala_config):
 def test_a_run_starts_from_a_model_files_weights(tiny_gala_config, tmp_path):
     """`--init-from`: the model's weights and a fresh optimizer become the first checkpoint,
     numbered with the model's iteration; training goes on from there."""
-    from lsdflow.core.checkpoints import export_model
+    from lsdflow.core.model.checkpoints import export_model
 
     donor_config = tiny_gala_config("training.save_every=2")
     donor = train(donor_config, iterations=2, progress=False)
@@ -255,7 +255,7 @@ def test_a_training_region_keeps_the_held_out_labels_out(tmp_path, gala_train, t
     the held-out part (marked here with one id) never reach a batch."""
     import shutil
 
-    from lsdflow.core.volumes import open_array, write_array
+    from lsdflow.core.io.volumes import open_array, write_array
 
     data = shutil.copytree(gala_train, tmp_path / "train.zarr")
     labels = open_array(data, "volumes/labels/neuron_ids")
@@ -291,7 +291,7 @@ def test_a_few_labelled_sections_are_enough_to_train_on(gala_train, tiny_gala_co
     one network output is accepted, random locations put those sections into the network
     output (not only into the context around it), and batches carry their labels only
     (everything else is masked out of the loss)."""
-    from lsdflow.core.volumes import open_array
+    from lsdflow.core.io.volumes import open_array
 
     region = f"{{path='{gala_train}', roi_offset_nm=[200, 0, 0], roi_shape_nm=[50, 1000, 2000]}}"
     config = tiny_gala_config(f"data.train=[{region}]", "training.min_masked=0.1")
@@ -327,7 +327,7 @@ def test_blur_augmentation_softens_the_raw_data_and_nothing_else(tiny_gala_confi
     from funlib.persistence import open_ds
     from scipy import ndimage
 
-    from lsdflow.core.blur_augment import BlurAugment
+    from lsdflow.core.train.blur_augment import BlurAugment
 
     def fine_detail(raw):
         return float((raw - ndimage.gaussian_filter(raw, 1.0)).std())

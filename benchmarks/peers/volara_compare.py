@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import waterz
 
-from lsdflow.core.blockwise import RunSettings
-from lsdflow.core.blockwise_segment import segment_blockwise
+from lsdflow.core.blockwise.runner import RunSettings
+from lsdflow.core.segment.blockwise import segment_blockwise
 from lsdflow.core.config import load_config
-from lsdflow.core.metrics import segmentation_scores
-from lsdflow.core.segment import quiet_stdout, scoring_function
-from lsdflow.core.volumes import open_array
+from lsdflow.core.evaluate.metrics import segmentation_scores
+from lsdflow.core.segment.in_memory import quiet_stdout, scoring_function
+from lsdflow.core.io.volumes import open_array
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

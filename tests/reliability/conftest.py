@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lsdflow.core.affinities import labels_to_affinities
-from lsdflow.core.volumes import open_array, write_array
+from lsdflow.core.train.affinities import labels_to_affinities
+from lsdflow.core.io.volumes import open_array, write_array
 
 from ..conftest import TINY  # noqa: F401  (the tiny_model fixture comes from tests/conftest.py)
 
@@ -54,7 +54,7 @@ def run_killed(prelude: str, argv: list[str], cwd: Path, timeout: float = 300) -
         def kill_all():
             os.killpg(os.getpgid(0), signal.SIGKILL)
     """) + textwrap.dedent(prelude))
-    script = f"import sys\nfrom lsdflow.core.cli import main\nsys.exit(main({argv!r}))\n"
+    script = f"import sys\nfrom lsdflow.cli.main import main\nsys.exit(main({argv!r}))\n"
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))}
     try:

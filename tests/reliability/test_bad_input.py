@@ -14,10 +14,10 @@ import pytest
 import tifffile
 import zarr
 
-from lsdflow.core.blockwise import RunSettings
-from lsdflow.core.blockwise_segment import segment_blockwise
+from lsdflow.core.blockwise.runner import RunSettings
+from lsdflow.core.segment.blockwise import segment_blockwise
 from lsdflow.core.config import load_config
-from lsdflow.core.volumes import VolumeError, list_datasets, open_array, write_array
+from lsdflow.core.io.volumes import VolumeError, list_datasets, open_array, write_array
 
 from .conftest import BLOCKS, TINY, run_killed
 
@@ -30,7 +30,7 @@ def lsdflow(*argv, cwd=None, permissions_apply: bool = False) -> subprocess.Comp
         if not shutil.which("setpriv"):
             pytest.skip("running as root without setpriv (util-linux): permissions cannot be tested")
         prefix = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--"]
-    return subprocess.run([*prefix, sys.executable, "-m", "lsdflow.flows.cli", *map(str, argv)], capture_output=True,
+    return subprocess.run([*prefix, sys.executable, "-m", "lsdflow.cli", *map(str, argv)], capture_output=True,
                           text=True, cwd=cwd, timeout=600)
 
 

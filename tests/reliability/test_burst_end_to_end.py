@@ -18,9 +18,9 @@ import pytest
 import zarr
 from funlib.geometry import Roi
 
-from lsdflow.core.acquisitions import output_dir
+from lsdflow.core.io.acquisitions import output_dir
 from lsdflow.core.config import load_config
-from lsdflow.core.volumes import open_array, write_array
+from lsdflow.core.io.volumes import open_array, write_array
 
 from ..served_platform import api_call, served_platform
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import zarr
 
-from lsdflow.core.blockwise import RunSettings
-from lsdflow.core.blockwise_predict import predict_blockwise
-from lsdflow.core.blockwise_segment import segment_blockwise
+from lsdflow.core.blockwise.runner import RunSettings
+from lsdflow.core.predict.blockwise import predict_blockwise
+from lsdflow.core.segment.blockwise import segment_blockwise
 from lsdflow.core.config import load_config
-from lsdflow.core.volumes import dataset_fingerprint, open_array
+from lsdflow.core.io.volumes import dataset_fingerprint, open_array
 
 from .conftest import BLOCKS, TINY
 
@@ -87,7 +87,7 @@ def test_two_containers_with_equal_names_and_one_graph_server_at_once_are_both_c
     config = load_config("gala", BLOCKS)
     segment_blockwise(config, alone, graph_url=f"sqlite:///{tmp_path / 'alone.db'}", thresholds=[0.1],
                       settings=QUIET)
-    lsdflow = [sys.executable, "-m", "lsdflow.flows.cli"]
+    lsdflow = [sys.executable, "-m", "lsdflow.cli"]
     runs = [subprocess.Popen([*lsdflow, "segment", "gala", str(c), "--blockwise", "--graph", mongodb_url,
                               "--thresholds", "0.1", "--workers", "1", "--quiet",
                               *[a for s in BLOCKS for a in ("--set", s)]],
@@ -103,7 +103,7 @@ def test_two_containers_with_equal_names_and_one_graph_server_at_once_are_both_c
             expected = open_array(reference, "volumes/segmentation/hist_quant_50/0.1")
             assert np.array_equal(seg, expected[expected.roi])
         # ground-truth affinities: each segment lies in one neuron
-        from lsdflow.core.metrics import segmentation_scores
+        from lsdflow.core.evaluate.metrics import segmentation_scores
 
         assert segmentation_scores(labels, seg).voi_merge < 0.05
 

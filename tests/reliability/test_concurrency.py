@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from lsdflow.core.blockwise import RunSettings
-from lsdflow.core.blockwise_segment import segment_blockwise
+from lsdflow.core.blockwise.runner import RunSettings
+from lsdflow.core.segment.blockwise import segment_blockwise
 from lsdflow.core.config import load_config
-from lsdflow.core.volumes import open_array
+from lsdflow.core.io.volumes import open_array
 
 from .conftest import BLOCKS, hidden_leftovers
 
@@ -25,7 +25,7 @@ def test_two_segmentations_of_one_volume_at_once_give_one_correct_result(gala_co
     segment_blockwise(load_config("gala", BLOCKS), reference, graph_url=f"sqlite:///{tmp_path / 'ref.db'}",
                       thresholds=[0.3, 0.5], settings=RunSettings(workers=1, progress=False))
     graph = f"sqlite:///{tmp_path / 'shared.db'}"
-    argv = [sys.executable, "-m", "lsdflow.flows.cli", "segment", "gala", str(volume), "--blockwise", "--graph", graph,
+    argv = [sys.executable, "-m", "lsdflow.cli", "segment", "gala", str(volume), "--blockwise", "--graph", graph,
             "--thresholds", "0.3", "0.5", "--workers", "1", "--quiet", *[a for s in BLOCKS for a in ("--set", s)]]
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=600) for run in runs]
@@ -49,8 +49,8 @@ def test_two_flows_on_one_acquisition_at_once_give_one_correct_result(prefect_ap
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    import lsdflow.core.convert as conversion
-    from lsdflow.core.acquisitions import output_dir
+    import lsdflow.core.io.convert as conversion
+    from lsdflow.core.io.acquisitions import output_dir
 
     conversions = []
     real_convert = conversion.convert
@@ -98,11 +98,11 @@ def test_processes_starting_on_a_new_workspace_at_once_share_one_mlflow_store(tm
     ("Online migration expected to match one row"). Four registrations at once: all succeed,
     four versions in one store."""
     workspace = tmp_path / "ws"
-    argv = [sys.executable, "-m", "lsdflow.flows.cli", "register", "gala", str(tiny_model), "--workspace", str(workspace)]
+    argv = [sys.executable, "-m", "lsdflow.cli", "register", "gala", str(tiny_model), "--workspace", str(workspace)]
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0] * 4, [err[-1500:] for _, err in outputs]
-    from lsdflow.flows.registry import resolve_model
+    from lsdflow.registry.model_registry import resolve_model
 
     versions = {resolve_model(f"models:/mtlsd-gala/{v}", workspace).version for v in range(1, 5)}
     assert versions == {"1", "2", "3", "4"}

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lsdflow.core.graphstore import open_graph_store, sample_name
-from lsdflow.core.volumes import list_datasets, open_array
+from lsdflow.core.io.graphstore import open_graph_store, sample_name
+from lsdflow.core.io.volumes import list_datasets, open_array
 
 from .conftest import BLOCKS, TINY, hidden_leftovers, run_killed, with_gt_affinities
 
@@ -35,15 +35,15 @@ def process(self, block):
 m.{cls}.process = process
 """
 KILLS = {"process": "kill_all()", "worker": "os.kill(os.getpid(), signal.SIGKILL)"}
-STAGES = {  # stage -> (module, block processor class)
-    "predict": ("lsdflow.core.blockwise_predict", "PredictBlock"),
-    "fragments": ("lsdflow.core.blockwise_segment", "FragmentsBlock"),
-    "agglomerate": ("lsdflow.core.blockwise_segment", "BoundaryStatisticsBlock"),
-    "relabel": ("lsdflow.core.blockwise_segment", "RelabelBlock"),
+STAGES = {  # stage -> (module, stage class)
+    "predict": ("lsdflow.core.predict.blockwise", "PredictStage"),
+    "fragments": ("lsdflow.core.segment.blockwise", "FragmentsStage"),
+    "agglomerate": ("lsdflow.core.segment.blockwise", "AgglomerateStage"),
+    "relabel": ("lsdflow.core.segment.blockwise", "RelabelStage"),
 }
 # between two outputs' renames into place (predict writes pred_lsds, then pred_affs)
 KILL_IN_COMMIT = """
-import lsdflow.core.staged_arrays as m
+import lsdflow.core.blockwise.outputs as m
 _real = m.swap_into_place
 _calls = []
 def swap(partial, final):
@@ -56,7 +56,7 @@ m.swap_into_place = swap
 # after a dataset's .zarray is written but before its attributes (the defect's kill point)
 KILL_IN_PREPARE = """
 import zarr
-import lsdflow.core.volumes as m
+import lsdflow.core.io.volumes as m
 def prepare_ds(path, shape, offset=None, voxel_size=None, axis_names=None, units=None, chunk_shape=None,
                dtype=None, mode=None, custom_metadata=None, **kwargs):
     zarr.open(path, mode="w", shape=shape, chunks=chunk_shape, dtype=dtype)
@@ -185,7 +185,7 @@ def test_killed_conversion_and_in_memory_writes_leave_nothing_behind_after_the_n
     h5 = Path(__file__).resolve().parents[2] / "data" / "medulla" / "medulla_dev.h5"
     out = tmp_path / "converted.zarr"
     killed = run_killed("""
-import lsdflow.core.convert as m
+import lsdflow.core.io.convert as m
 _real = m._copy
 def _copy(*args, **kwargs):
     _real(*args, **kwargs)
@@ -200,7 +200,7 @@ m._copy = _copy
 
     container = with_gt_affinities(shutil.copytree(gala_test, tmp_path / "g.zarr"))
     killed = run_killed("""
-import lsdflow.core.volumes as m
+import lsdflow.core.io.volumes as m
 _real = m.create_array
 def create_array(*args, **kwargs):
     array = _real(*args, **kwargs)

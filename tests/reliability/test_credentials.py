@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lsdflow.core.blockwise_segment import BlockwiseSegmentation, FragmentsBlock
+from lsdflow.core.segment.blockwise import BlockwiseSegmentation
 from lsdflow.core.config import ConfigError, load_config
-from lsdflow.core.graphstore import PASSWORD_ENV, USER_ENV
+from lsdflow.core.io.graphstore import PASSWORD_ENV, USER_ENV
 
 from .conftest import BLOCKS
 
@@ -36,9 +36,9 @@ def test_a_password_in_the_url_moves_to_the_environment_and_out_of_the_worker_pa
                                 graph_url=f"mongodb://lab:{SECRET}@db.example.org:27017/lsdflow")
     assert SECRET not in job.graph_url and job.graph_url == "mongodb://db.example.org:27017/lsdflow"
     assert os.environ[PASSWORD_ENV] == SECRET and os.environ[USER_ENV] == "lab"
-    block = FragmentsBlock(job.container, job.affs_dataset, "volumes/fragments", job.graph_url, job.sample, job.roi,
-                           job.block_size, False, 10, 0.0, "volumes/fragments_filled")
+    block = job.fragments_stage  # workers get its JSON description
     assert SECRET.encode() not in pickle.dumps(block)
+    assert SECRET not in block.describe()
 
 
 def test_a_password_in_a_config_is_refused():
@@ -58,7 +58,7 @@ def test_lsdflow_run_keeps_the_password_out_of_prefect_and_the_outputs(prefect_a
                                                                         capsys):
     from prefect.client.orchestration import get_client
 
-    from lsdflow.flows.cli import main
+    from lsdflow.cli.main import main
 
     volume = gala_copy()
     # SQLite ignores credentials, so the whole run happens, through the same code path

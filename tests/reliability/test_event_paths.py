@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from lsdflow.core.acquisitions import check_inside_roots, data_roots
+from lsdflow.core.io.acquisitions import check_inside_roots, data_roots
 from lsdflow.core.config import ConfigError
 
 

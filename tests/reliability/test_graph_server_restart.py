@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 PAUSE_AFTER_FIRST_BLOCK = """
 import time
 from pathlib import Path
-import lsdflow.core.blockwise_segment as m
-import lsdflow.core.graphstore as g
+import lsdflow.core.segment.blockwise as m
+import lsdflow.core.io.graphstore as g
 _started, _stopped, _attempted = Path({started!r}), Path({stopped!r}), Path({attempted!r})
 _real = m.{cls}.process
 def process(self, block):
@@ -41,7 +41,7 @@ def write(self, *args, **kwargs):
     return _real_write(self, *args, **kwargs)
 g.MongoGraphStore.{write} = write
 """
-STAGES = {"fragments": ("FragmentsBlock", "write_nodes"), "agglomerate": ("BoundaryStatisticsBlock", "write_statistics")}
+STAGES = {"fragments": ("FragmentsStage", "write_nodes"), "agglomerate": ("AgglomerateStage", "write_statistics")}
 
 
 def _segment(container: Path, graph: str) -> list[str]:
@@ -62,7 +62,7 @@ def test_graph_server_stopped_mid_stage_and_restarted_gives_the_uninterrupted_gr
     import sys
     import textwrap
 
-    from lsdflow.core.volumes import open_array
+    from lsdflow.core.io.volumes import open_array
 
     reference = gala_copy("reference.zarr")
     reference_graph = f"sqlite:///{tmp_path / 'reference.db'}"
@@ -82,7 +82,7 @@ def test_graph_server_stopped_mid_stage_and_restarted_gives_the_uninterrupted_gr
         import os
 
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(hooks), os.environ.get("PYTHONPATH")]))}
-        script = f"import sys\nfrom lsdflow.core.cli import main\nsys.exit(main({_segment(container, url)!r}))\n"
+        script = f"import sys\nfrom lsdflow.cli.main import main\nsys.exit(main({_segment(container, url)!r}))\n"
         run = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _wait_for(started, run)

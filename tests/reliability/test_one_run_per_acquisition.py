@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import zarr
 
-from lsdflow.core.acquisitions import default_record, describe, mark_announced, new_acquisitions
-from lsdflow.core.volumes import open_array, write_array
+from lsdflow.core.io.acquisitions import default_record, describe, mark_announced, new_acquisitions
+from lsdflow.core.io.volumes import open_array, write_array
 
 
 def test_outputs_written_into_an_acquisition_do_not_announce_it_again(tmp_path, gala_test):

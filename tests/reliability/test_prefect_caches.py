@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from lsdflow.core.volumes import open_array
+from lsdflow.core.io.volumes import open_array
 
 from ..test_flows import _task_states
 from .conftest import BLOCKS, TINY
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_segment_flow_reruns_what_changed_or_vanished(prefect_api, gala_copy, tmp_path):
-    from lsdflow.core.blockwise import RunSettings
-    from lsdflow.core.blockwise_segment import segment_blockwise
+    from lsdflow.core.blockwise.runner import RunSettings
+    from lsdflow.core.segment.blockwise import segment_blockwise
     from lsdflow.core.config import load_config
     from lsdflow.flows.segment import segment
 

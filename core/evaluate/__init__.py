@@ -1,0 +1,1 @@
+"""Scores against labels, validation and checkpoint selection."""

@@ -1,0 +1,1 @@
+"""Networks, their geometry, model files and devices."""

@@ -1,0 +1,1 @@
+"""Affinities and LSDs from raw data: in memory and block by block."""

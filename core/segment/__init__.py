@@ -1,0 +1,1 @@
+"""Fragments, agglomeration, segments, and choosing the threshold."""

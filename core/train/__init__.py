@@ -1,0 +1,1 @@
+"""Training with gunpowder: pipeline, targets, augmentations, losses."""

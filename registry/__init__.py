@@ -1,0 +1,1 @@
+"""The MLflow layer: tracking, the model registry, evaluations recorded with model versions."""
