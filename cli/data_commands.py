@@ -6,15 +6,16 @@ import json
 import time
 from pathlib import Path
 
+from ..core.blockwise.runner import RunSettings
 from ..core.config import load_config, shipped_configs
 from ..core.io.convert import convert
+from ..core.io.ome_zarr_export import export_ome_zarr
 from ..core.io.volumes import VolumeError, list_datasets, open_array, repair_hierarchy
+from ..core.model.networks import build_model, count_parameters
 from .arguments import add_config_args, config_of, positive_int
 
 
 def cmd_config_show(args) -> int:
-    from ..core.model.networks import build_model, count_parameters
-
     config = config_of(args)
     if args.json:
         print(json.dumps({"config": config.model_dump(mode="json"), "derived": config.derived()}, indent=2))
@@ -77,9 +78,6 @@ def cmd_convert(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from ..core.blockwise.runner import RunSettings
-    from ..core.io.ome_zarr_export import export_ome_zarr
-
     summary = export_ome_zarr(
         args.volume, args.output, segmentation_datasets=args.segmentation, fragments=args.fragments,
         predictions=args.predictions, levels=args.levels, chunk=args.chunk, overwrite=args.overwrite,

@@ -11,15 +11,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..core.evaluate.checkpoint_selection import (candidate_name, format_selection, segmentation_grid,
-                                                  select_checkpoint, with_settings)
+from ..core.evaluate.checkpoint_selection import (
+    candidate_name,
+    format_selection,
+    segmentation_grid,
+    select_checkpoint,
+    with_settings,
+)
 from ..core.evaluate.scores import format_scores
 from ..core.model.checkpoints import export_model
 from ..core.train.training import train
 from ..core.view.plots import plot_training_log
 from ..registry.model_evaluation import evaluate_model
-from ..registry.model_registry import (RegistryError, TrainingRun, default_model_name, expand_model_reference,
-                                       promote, register_model, tracking_uri)
+from ..registry.model_registry import (
+    RegistryError,
+    TrainingRun,
+    default_model_name,
+    expand_model_reference,
+    promote,
+    register_model,
+    tracking_uri,
+)
 from .arguments import add_config_args, config_of, resolve_model_reference
 
 
@@ -154,7 +166,6 @@ def add_commands(sub) -> None:
                         help="register the best checkpoint as @challenger with its scores")
     select.add_argument("--model-name", help="registered model name (default mtlsd-<config>)")
     select.set_defaults(func=cmd_select_checkpoint)
-
 
     register = sub.add_parser("register", help="register a model file as a new version (alias challenger)")
     add_config_args(register)

@@ -8,9 +8,8 @@ file's directory.
 
 from __future__ import annotations
 
-import importlib.resources
-
 import hashlib
+import importlib.resources
 import json
 import os
 import tomllib
@@ -28,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from .io.layout import LABELS_MASK, MITO_IDS, NEURON_IDS, RAW
 from .model.unet_geometry import UnetGeometry, make_geometry
 
 Vec3 = tuple[int, int, int]
@@ -104,10 +104,10 @@ class DataConfig(_Strict):
     train: list[VolumeRef] = Field(default_factory=list)
     validation: list[VolumeRef] = Field(default_factory=list)
     test: list[VolumeRef] = Field(default_factory=list)
-    raw_dataset: str = "volumes/raw"
-    labels_dataset: str = "volumes/labels/neuron_ids"
-    labels_mask_dataset: str = "volumes/labels/labels_mask"
-    mito_dataset: str = "volumes/labels/mito_ids"
+    raw_dataset: str = RAW
+    labels_dataset: str = NEURON_IDS
+    labels_mask_dataset: str = LABELS_MASK
+    mito_dataset: str = MITO_IDS
 
     @field_validator("voxel_size")
     @classmethod

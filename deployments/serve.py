@@ -12,9 +12,9 @@ Settings come from the environment:
 
 from __future__ import annotations
 
+import importlib
 import os
 from datetime import timedelta
-
 from pathlib import Path
 
 from prefect import serve
@@ -22,61 +22,45 @@ from prefect.deployments.runner import EntrypointType
 from prefect.events import DeploymentEventTrigger
 
 from ..core.io.acquisitions import data_roots as acquisition_roots
-from ..flows.model_flows import evaluate, promote, train
-from ..flows.predict import predict
-from ..flows.process_acquisition import process_acquisition
-from ..flows.reprocess_acquisitions import reprocess_acquisitions
-from ..flows.segment import segment
-from ..flows.watch_acquisitions import EVENT, watch_acquisitions
+from .definitions import DEPLOYMENTS, WATCH_MINUTES
 
-PROMOTED = "lsdflow.model.promoted"
+
+def _flow(entrypoint: str):
+    module, _, name = entrypoint.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def deployments(landing: str | None = None, config_name: str | None = None, watch_minutes: float | None = None,
                 data_roots: list[str] | None = None, reprocess_on_promotion: bool | None = None) -> list:
+    """The deployments of `definitions.DEPLOYMENTS`, with this machine's settings."""
     landing = landing or os.environ.get("LSDFLOW_LANDING")
     config_name = config_name or os.environ.get("LSDFLOW_CONFIG", "gala")
-    watch_minutes = watch_minutes or float(os.environ.get("LSDFLOW_WATCH_MINUTES", "5"))
+    watch_minutes = watch_minutes or float(os.environ.get("LSDFLOW_WATCH_MINUTES", str(WATCH_MINUTES)))
     if data_roots or os.environ.get("LSDFLOW_DATA_ROOTS"):
         roots = [str(r) for r in acquisition_roots(data_roots)]
     else:
         roots = [str(acquisition_roots([str(Path(landing).resolve())])[0])] if landing else []
     if reprocess_on_promotion is None:
         reprocess_on_promotion = os.environ.get("LSDFLOW_REPROCESS_ON_PROMOTION", "0") == "1"
-    # flows are loaded by module path (lsdflow.flows.*): they use package-relative imports
-    module = {"entrypoint_type": EntrypointType.MODULE_PATH}
-    result = [
-        process_acquisition.to_deployment(
-            "process-acquisition", **module,
-            parameters={"config_name": config_name, "data_roots": roots},
-            triggers=[DeploymentEventTrigger(
-                name="new acquisition: process it",
-                description=f"The watcher's {EVENT} event (an acquisition complete in the landing directory) "
-                            "starts one process-acquisition run for its path.",
-                expect={EVENT}, parameters={"path": "{{ event.payload.path }}"},
-            )],
-            concurrency_limit=int(os.environ.get("LSDFLOW_PROCESS_CONCURRENCY", "1")),  # default: one GPU
-        ),
-        train.to_deployment("train", **module, parameters={"config_name": config_name}, concurrency_limit=1),
-        predict.to_deployment("predict", **module, parameters={"config_name": config_name}, concurrency_limit=1),
-        segment.to_deployment("segment", **module, parameters={"config_name": config_name}),
-        evaluate.to_deployment("evaluate", **module, parameters={"config_name": config_name}),
-        promote.to_deployment("promote", **module, parameters={"config_name": config_name}),
-    ]
-    if landing:
-        result.append(watch_acquisitions.to_deployment(
-            "watch-acquisitions", **module, interval=timedelta(minutes=watch_minutes),
-            parameters={"landing": landing, "config_name": config_name},
-        ))
-        if reprocess_on_promotion:
-            result.append(reprocess_acquisitions.to_deployment(
-                "reprocess-acquisitions", **module,
-                parameters={"landing": landing, "config_name": config_name, "data_roots": roots},
-                triggers=[DeploymentEventTrigger(
-                    name="new champion: reprocess acquisitions",
-                    description=f"A {PROMOTED} event (a model became champion) reprocesses every announced acquisition.",
-                    expect={PROMOTED})],
-            ))
+    settings = {"config_name": config_name, "data_roots": roots, "landing": landing}
+    result = []
+    for d in DEPLOYMENTS:
+        if (d.needs_landing and not landing) or (d.opt_in and not reprocess_on_promotion):
+            continue
+        options = {"parameters": {s: settings[s] for s in d.settings}, "description": d.description}
+        if d.concurrency_limit:
+            options["concurrency_limit"] = d.concurrency_limit
+        if d.name == "process-acquisition":
+            options["concurrency_limit"] = int(os.environ.get("LSDFLOW_PROCESS_CONCURRENCY", d.concurrency_limit))
+        if d.watch:
+            options["interval"] = timedelta(minutes=watch_minutes)
+        if d.trigger:
+            options["triggers"] = [DeploymentEventTrigger(
+                name=d.trigger.name, description=d.trigger.description, expect={d.trigger.event},
+                parameters=dict(d.trigger.parameters) or None)]
+        # flows are loaded by module path (lsdflow.flows.*): they use package-relative imports
+        result.append(_flow(d.entrypoint).to_deployment(d.name, entrypoint_type=EntrypointType.MODULE_PATH,
+                                                        **options))
     return result
 
 

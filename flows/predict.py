@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from ..core.config import load_config
-from ..tasks.prediction import predict as predict_task
+from ..tasks.predict import predict as predict_task
 from ..tasks.references import ArrayRef
 
 

@@ -8,24 +8,27 @@ from pathlib import Path
 
 from prefect import flow
 
+from ..core.config import load_config
 from ..core.io.acquisitions import check_inside_roots, output_dir
 from ..core.io.acquisitions import data_roots as acquisition_roots
-from ..core.config import load_config
 from ..core.io.intensity import describe_shift
-from ..core.predict.in_memory import recorded_input_shift
+from ..core.io.layout import PRED_AFFS, PRED_LSDS
 from ..core.io.volumes import dataset_exists
-from ..tasks import segmentation
+from ..core.predict.in_memory import recorded_input_shift
+from ..core.segment.threshold_selection import candidate_thresholds
+from ..registry.model_registry import resolve_prediction_model
+from ..tasks import segment as segment_tasks
 from ..tasks.artifacts import publish_summary, volume_key
-from ..tasks.assets import array_asset, graph_asset, materializing, ref_asset
-from ..tasks.conversion import convert_acquisition
-from ..tasks.evaluation import evaluate
-from ..tasks.prediction import predict
-from ..tasks.quality import estimate_quality
+from ..tasks.assets import array_asset, materializing, ref_asset
+from ..tasks.convert import convert_acquisition
 from ..tasks.credentials import use_graph_credentials
+from ..tasks.evaluate import evaluate
+from ..tasks.predict import predict
+from ..tasks.quality_estimate import estimate_quality
 from ..tasks.references import ArrayRef
 from ..tasks.run_names import rename_flow_run
-from ..tasks.threshold_choice import choose_threshold
-from ..registry.model_registry import resolve_prediction_model
+from ..tasks.stage_tasks import assets
+from ..tasks.threshold_selection import choose_threshold
 
 
 def _run_name() -> str:
@@ -78,22 +81,26 @@ def process_acquisition(path: str, config_name: str = "gala", model: str | None 
     raw_asset = ref_asset(raw)
     model_file, lineage, described = resolve_prediction_model(model, config)
     rename_flow_run(f"{source.name} · {config.name} · {model_label(lineage, model_file)}")
-    pred_assets = [array_asset(raw.container, "volumes/pred_affs"), array_asset(raw.container, "volumes/pred_lsds")]
+    # the predictions' assets by name: building the predict stage here would load the model in the
+    # flow, and a broken model must fail as the predict task
+    pred_assets = [array_asset(raw.container, PRED_AFFS), array_asset(raw.container, PRED_LSDS)]
     # the model as resolved now (a version, or the file), so the task names what it used
     resolved = lineage.get("model_uri") or str(model_file)
     predictions = materializing(predict, pred_assets, [raw_asset, model_asset(lineage, model_file)])(config, raw, resolved)
     affs = next(p for p in predictions if p.dataset.endswith("pred_affs"))
     thresholds = thresholds or _thresholds(affs, config)
-    job_graph = _graph_asset(config, affs, graph_url)
-    fragments_asset = array_asset(affs.container, "volumes/fragments")
-    graph = materializing(segmentation.fragments, [fragments_asset, job_graph], [ref_asset(affs)])(
-        config, affs, graph_url)
-    graph = materializing(segmentation.agglomerate, [job_graph + "/edges"], [fragments_asset, ref_asset(affs)])(
+    # each stage declares what it writes (its outputs as assets) and what it read
+    fragments_stage = segment_tasks.fragments.build_stage(config=config, affs=affs, graph_url=graph_url)
+    fragment_assets = assets(fragments_stage)  # fragments, filled fragments, the graph's nodes
+    graph = materializing(segment_tasks.fragments, fragment_assets, [ref_asset(affs)])(config, affs, graph_url)
+    agglomerate_stage = segment_tasks.agglomerate.build_stage(config=config, affs=affs, graph=graph, graph_url=graph_url)
+    edge_assets = assets(agglomerate_stage)
+    graph = materializing(segment_tasks.agglomerate, edge_assets, [fragment_assets[0], ref_asset(affs)])(
         config, affs, graph, graph_url)
-    luts = segmentation.find_segments(config, affs, graph, thresholds, graph_url)
-    seg_assets = [array_asset(affs.container, f"volumes/segmentation/{config.segmentation.merge_function}/{t:g}")
-                  for t in sorted(thresholds)]
-    segmentations = materializing(segmentation.relabel, seg_assets, [fragments_asset, job_graph + "/edges"])(
+    luts = segment_tasks.find_segments(config, affs, graph, thresholds, graph_url)
+    relabel_stage = segment_tasks.relabel.build_stage(config=config, affs=affs, luts=luts, thresholds=thresholds,
+                                                     graph_url=graph_url)
+    segmentations = materializing(segment_tasks.relabel, assets(relabel_stage), [*fragment_assets[:2], *edge_assets])(
         config, affs, luts, thresholds, graph_url)
     result = {"volume": str(container), "model": described, "segmentations": [s.dataset for s in segmentations],
               "graph": graph.url,
@@ -143,14 +150,5 @@ def _summary(result: dict, raw: ArrayRef, graph) -> dict:
     return rows
 
 
-def _graph_asset(config, affs: ArrayRef, graph_url: str | None) -> str:
-    from ..core.io.graphstore import default_graph_url, sample_name
-
-    return graph_asset(graph_url or config.blockwise.graph or default_graph_url(affs.container),
-                       sample_name(affs.container))
-
-
 def _thresholds(affs: ArrayRef, config) -> list[float]:
-    from ..core.segment.threshold_selection import candidate_thresholds
-
     return candidate_thresholds(affs.container, affs.dataset, config)

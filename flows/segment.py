@@ -5,14 +5,15 @@ from __future__ import annotations
 from prefect import flow
 
 from ..core.config import load_config
-from ..tasks import segmentation
+from ..core.io.layout import PRED_AFFS
+from ..tasks import segment as segment_tasks
 from ..tasks.credentials import use_graph_credentials
 from ..tasks.references import ArrayRef
 
 
 @flow(name="segment", flow_run_name="segment {volume} · {config_name}",
       description="Fragments, agglomeration, segments and relabelling of predicted affinities, block by block.")
-def segment(config_name: str, volume: str, affs_dataset: str = "volumes/pred_affs",
+def segment(config_name: str, volume: str, affs_dataset: str = PRED_AFFS,
             thresholds: list[float] | None = None, graph_url: str | None = None,
             overrides: list[str] | None = None, graph_secret: str | None = None,
             graph_user: str | None = None) -> list[ArrayRef]:
@@ -22,7 +23,7 @@ def segment(config_name: str, volume: str, affs_dataset: str = "volumes/pred_aff
     config = load_config(config_name, overrides or [])
     thresholds = thresholds or list(config.segmentation.thresholds)
     affs = ArrayRef.of(volume, affs_dataset)
-    graph = segmentation.fragments(config, affs, graph_url)
-    graph = segmentation.agglomerate(config, affs, graph, graph_url)
-    luts = segmentation.find_segments(config, affs, graph, thresholds, graph_url)
-    return segmentation.relabel(config, affs, luts, thresholds, graph_url)
+    graph = segment_tasks.fragments(config, affs, graph_url)
+    graph = segment_tasks.agglomerate(config, affs, graph, graph_url)
+    luts = segment_tasks.find_segments(config, affs, graph, thresholds, graph_url)
+    return segment_tasks.relabel(config, affs, luts, thresholds, graph_url)

@@ -8,8 +8,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 
-from ..core.io.acquisitions import announce_new, default_record
 from ..core.config import load_config
+from ..core.io.acquisitions import announce_new, default_record
 
 EVENT = "lsdflow.acquisition.created"
 

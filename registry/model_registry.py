@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.config import ConfigError, ModelConfig, config_from_dict
+from ..core.io.output_lock import file_lock
+from ..core.model.checkpoints import export_model, load_model
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_FILE = "model.pt"
@@ -66,8 +70,6 @@ def _create_store_once(uri: str, workspace: Path | None = None) -> None:
     if uri in _CREATED or not uri.startswith("sqlite:///"):
         return
     from mlflow import MlflowClient
-
-    from ..core.io.output_lock import file_lock
 
     database = Path(uri.removeprefix("sqlite:///"))
     with file_lock(database.with_name(f".{database.name}.lock"), f"{database} (MLflow store)"):
@@ -247,8 +249,6 @@ class RegisteredModel:
 def _run_config(saved: dict, config):
     """The config a training run saved beside its checkpoints; a run made by an older
     lsdflow whose config no longer validates keeps its network on the current config."""
-    from ..core.config import ConfigError, ModelConfig, config_from_dict
-
     try:
         return config_from_dict(saved)
     except ConfigError:
@@ -261,8 +261,6 @@ def register_model(model_file, config, workspace, run_id: str | None = None, nam
 
     Without a training run, a run is made to hold the file (any checkpoint can be registered
     on demand)."""
-    from ..core.model.checkpoints import load_model
-
     model_file = Path(model_file)
     _, meta = load_model(model_file)  # refuses files that are not lsdflow models
     mlflow = _mlflow(workspace)
@@ -293,8 +291,6 @@ def register_model(model_file, config, workspace, run_id: str | None = None, nam
             if "format" in meta:
                 shutil.copyfile(model_file, copy)
             else:
-                from ..core.model.checkpoints import export_model
-
                 run_config = _run_config(meta["config"], config)
                 export_model(model_file, run_config, copy, meta.get("iteration") or 0)
                 meta = {**meta, "config_fingerprint": run_config.fingerprint()}
@@ -377,8 +373,6 @@ def resolve_model(uri: str, workspace) -> RegisteredModel:
 
 def load_registered_model(uri: str, workspace, device: str = "cpu"):
     """(torch.nn.Module ready to use, its metadata incl. config, RegisteredModel)."""
-    from ..core.model.checkpoints import load_model
-
     registered = resolve_model(uri, workspace)
     model, meta = load_model(registered.file, device)
     return model, meta, registered

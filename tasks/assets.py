@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from prefect.tasks import MaterializingTask, Task
 
+from ..core.io.graphstore import redact
 from .cache_keys import StageMaterializingTask
 from .references import ArrayRef
 
@@ -17,8 +18,6 @@ def array_asset(container: str, dataset: str) -> str:
 
 
 def graph_asset(url: str, sample: str) -> str:
-    from ..core.io.graphstore import redact
-
     url = redact(url).replace(":***@", "@")
     url = re.sub(r"^[A-Za-z+]+", lambda m: m.group(0).lower(), url)  # scheme in lowercase
     return quote(f"{url}#{sample}".replace("#", "/samples/"), safe=":/._-@")

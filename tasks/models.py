@@ -7,6 +7,9 @@ import hashlib
 
 from prefect import task
 
+from ..registry.model_evaluation import evaluate_model as evaluate_registered_model
+from ..registry.model_registry import default_model_name, register_model
+from ..registry.model_registry import promote as promote_model
 from .artifacts import publish_scores, publish_summary
 from .references import ArrayRef
 from .retry import retry_transient
@@ -53,8 +56,6 @@ def train(config, iterations: int | None = None) -> dict:
       retry_condition_fn=retry_transient, timeout_seconds=3600)
 def register(config, model_file: str, run_id: str | None = None) -> str:
     """A new registered version with alias challenger; returns its models:/ URI."""
-    from ..registry.model_registry import register_model
-
     return register_model(model_file, config, config.resolved_workspace, run_id=run_id).uri
 
 
@@ -62,9 +63,7 @@ def register(config, model_file: str, run_id: str | None = None) -> str:
       retry_condition_fn=retry_transient, timeout_seconds=24 * 3600)
 def evaluate_model(config, model_uri: str, volume) -> dict:
     """`volume`: a path (the whole volume) or a VolumeRef (e.g. the config's validation region)."""
-    from ..registry.model_evaluation import evaluate_model as run
-
-    report = run(model_uri, volume, config, config.resolved_workspace)
+    report = evaluate_registered_model(model_uri, volume, config, config.resolved_workspace)
     publish_scores(f"model-scores-{model_uri}", report["scores"], report["best"])
     return {"model_uri": report["model_uri"], "best": report["best"]}
 
@@ -72,10 +71,7 @@ def evaluate_model(config, model_uri: str, volume) -> dict:
 @task(name="promote", persist_result=True, retries=2, retry_delay_seconds=[10, 60],
       retry_condition_fn=retry_transient, timeout_seconds=3600)
 def promote(config, name: str | None = None, margin: float = 0.0) -> dict:
-    from ..registry.model_registry import default_model_name
-    from ..registry.model_registry import promote as run
-
-    decision = run(name or default_model_name(config), config.resolved_workspace, margin)
+    decision = promote_model(name or default_model_name(config), config.resolved_workspace, margin)
     publish_summary(f"promotion-{decision['model']}", "promotion",
                     {k: decision[k] for k in ("model", "challenger", "champion", "promoted", "reason")})
     if decision["promoted"]:

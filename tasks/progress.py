@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..core.blockwise.runner import RunSettings
+from .artifacts import volume_key
+
 
 class PrefectProgress:
     """A daisy progress observer that keeps a Prefect progress artifact (keyed by stage and
@@ -38,8 +41,6 @@ class PrefectProgress:
     def on_start(self, states):
         from prefect.artifacts import create_progress_artifact
 
-        from .artifacts import volume_key
-
         try:
             self._artifact = create_progress_artifact(self._percent(states), description=self._description(states),
                                                       key=volume_key(f"progress-{self.stage}", self.volume))
@@ -67,7 +68,4 @@ class PrefectProgress:
 
 def blockwise_settings(config, stage: str, volume: str = ""):
     """The config's run settings, reporting progress to the Prefect UI."""
-    from ..core.blockwise.runner import RunSettings
-
-    bw = config.blockwise
     return RunSettings.from_config(config, progress=PrefectProgress(stage, volume))

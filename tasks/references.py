@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from ..core.io.volumes import dataset_exists, dataset_fingerprint, open_array
+
 
 class ArrayRef(BaseModel):
     """A Zarr dataset: container path, dataset name, ROI (nm) and content fingerprint."""
@@ -20,15 +22,11 @@ class ArrayRef(BaseModel):
 
     @classmethod
     def of(cls, container, dataset: str) -> ArrayRef:
-        from ..core.io.volumes import dataset_fingerprint, open_array
-
         array = open_array(container, dataset)
         return cls(container=str(Path(container).resolve()), dataset=dataset, roi=str(array.roi),
                    fingerprint=dataset_fingerprint(container, dataset))
 
     def current_fingerprint(self) -> str:
-        from ..core.io.volumes import dataset_exists, dataset_fingerprint
-
         if not dataset_exists(self.container, self.dataset):
             return "missing"
         return dataset_fingerprint(self.container, self.dataset)

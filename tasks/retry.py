@@ -4,14 +4,14 @@ every time."""
 
 from __future__ import annotations
 
+from ..core.blockwise.runner import BlockwiseError
+from ..core.config import ConfigError
+from ..core.io.graphstore import GraphStoreError
+from ..core.io.input_checks import ModelFileError
+from ..core.io.volumes import VolumeError
+
 
 def is_transient(error: BaseException) -> bool:
-    from ..core.blockwise.runner import BlockwiseError
-    from ..core.io.input_checks import ModelFileError
-    from ..core.config import ConfigError
-    from ..core.io.graphstore import GraphStoreError
-    from ..core.io.volumes import VolumeError
-
     if isinstance(error, (VolumeError, ConfigError, ModelFileError, FileNotFoundError)):
         return False
     if isinstance(error, BlockwiseError):

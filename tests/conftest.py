@@ -43,8 +43,8 @@ def tiny_model(tmp_path_factory) -> Path:
     """An untrained tiny MTLSD as a model file: its outputs still depend on the input."""
     import torch
 
-    from lsdflow.core.model.checkpoints import write_model_file
     from lsdflow.core.config import load_config
+    from lsdflow.core.model.checkpoints import write_model_file
     from lsdflow.core.model.networks import build_model
 
     config = load_config("gala", TINY)

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 from funlib.geometry import Coordinate, Roi
 
-from lsdflow.core.train.affinities import labels_to_affinities
+from lsdflow.cli.main import main
 from lsdflow.core.blockwise.runner import BlockwiseError, RunSettings, block_index, run_stage
 from lsdflow.core.blockwise.stage import BlockwiseStage
-from lsdflow.core.segment.blockwise import segment_blockwise
-from lsdflow.cli.main import main
 from lsdflow.core.config import load_config
 from lsdflow.core.evaluate.metrics import segmentation_scores
-from lsdflow.core.segment.in_memory import agglomerate, fragments_from_affinities
-from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
 from lsdflow.core.io.volumes import open_array, write_array
+from lsdflow.core.segment.blockwise import segment_blockwise
+from lsdflow.core.segment.in_memory import agglomerate, fragments_from_affinities
+from lsdflow.core.train.affinities import labels_to_affinities
+from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
 
 from .conftest import ROOT
 
@@ -101,6 +101,16 @@ def test_cluster_launcher_template_starts_workers_that_connect_back(tmp_path):
     settings = RunSettings(workers=2, progress=False, launcher="sh -c {command}")
     summary = run_stage(_record_stage(tmp_path, tmp_path / "no-flag"), settings)
     assert summary["processed"] == 16 and sorted(_processed(tmp_path)) == list(range(16))
+
+
+def test_process_roi_runs_the_same_blocks_in_this_process(tmp_path):
+    """The in-memory path of a stage: every block of its ROI, in order, without daisy."""
+    stage = _record_stage(tmp_path, tmp_path / "no-flag")
+    stage.process_roi()
+    assert _processed(tmp_path) == list(range(16))
+    from lsdflow.core.blockwise.stage import load_stage
+
+    assert load_stage(stage.describe()) == stage  # what a worker gets: the stage as JSON
 
 
 @pytest.fixture(scope="module")

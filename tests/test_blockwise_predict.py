@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import zarr
 
-from lsdflow.core.blockwise.runner import RunSettings
-from lsdflow.core.predict.blockwise import predict_blockwise, prediction_key
 from lsdflow.cli.main import main
+from lsdflow.core.blockwise.runner import RunSettings
 from lsdflow.core.config import load_config
-from lsdflow.core.predict.in_memory import predict_volume
 from lsdflow.core.io.volumes import list_datasets, open_array, write_array
+from lsdflow.core.predict.blockwise import predict_blockwise, prediction_key
+from lsdflow.core.predict.in_memory import predict_volume
 
 QUIET = RunSettings(workers=2, progress=False)
 # one pass per tile (the shipped config averages 8 mirrorings; tested on its own below)

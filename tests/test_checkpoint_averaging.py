@@ -7,10 +7,10 @@ import pytest
 import torch
 import zarr
 
-from lsdflow.core.model.checkpoint_averaging import average_state_dicts, averaging_windows, write_averaged_model
-from lsdflow.core.evaluate.checkpoint_selection import candidate_name, format_selection, select_checkpoint
-from lsdflow.core.model.checkpoints import describe_model, load_model, save_training_checkpoint
 from lsdflow.core.config import load_config
+from lsdflow.core.evaluate.checkpoint_selection import candidate_name, format_selection, select_checkpoint
+from lsdflow.core.model.checkpoint_averaging import average_state_dicts, averaging_windows, write_averaged_model
+from lsdflow.core.model.checkpoints import describe_model, load_model, save_training_checkpoint
 from lsdflow.core.model.networks import build_model
 
 from .test_checkpoint_selection import PLAIN, VALIDATION, run_dir  # noqa: F401 - the shared fixture

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from lsdflow.core.config import load_config
 from lsdflow.core.evaluate.checkpoint_selection import segmentation_grid, select_checkpoint
 from lsdflow.core.model.checkpoints import load_model, save_training_checkpoint
-from lsdflow.core.config import load_config
 from lsdflow.core.model.networks import build_model
 
 from .conftest import ROOT

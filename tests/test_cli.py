@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lsdflow.cli.main import main as cli
-from lsdflow.core.demo import run_demo
 from lsdflow.core.config import load_config
+from lsdflow.core.demo import run_demo
 
 from .conftest import ROOT, TINY_NET
 

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 import zarr
 
-from lsdflow.core.io import convert as convert_module
 from lsdflow.cli.main import main as cli
+from lsdflow.core.io import convert as convert_module
 from lsdflow.core.io.convert import convert
 from lsdflow.core.io.volumes import VolumeError, list_datasets, open_array
 

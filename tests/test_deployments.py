@@ -37,3 +37,20 @@ def test_deployments_and_automations_are_named_and_described(tmp_path):
     spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "deployments" / "prefect.yaml").read_text())
     assert all(d.get("description") for d in spec["deployments"])
     assert all(t.get("name") and t.get("description") for d in spec["deployments"] for t in d.get("triggers", []))
+
+
+def test_prefect_yaml_is_generated_from_the_one_definition():
+    """Deployments are defined once (deployments/definitions.py): the cluster's prefect.yaml
+    is that definition written out, and `lsdflow serve` serves the same deployments."""
+    from pathlib import Path
+
+    from lsdflow.deployments.definitions import DEPLOYMENTS, prefect_yaml
+    from lsdflow.deployments.serve import deployments
+
+    written = (Path(__file__).resolve().parents[1] / "deployments" / "prefect.yaml").read_text()
+    assert written == prefect_yaml(), "regenerate: python -m lsdflow.deployments.definitions > deployments/prefect.yaml"
+    served = {d.name: d for d in deployments(landing="/tmp", reprocess_on_promotion=True)}
+    assert set(served) == {d.name for d in DEPLOYMENTS}
+    for d in DEPLOYMENTS:
+        assert served[d.name].description == d.description
+        assert served[d.name].entrypoint == d.entrypoint.replace(":", ".")  # a module path

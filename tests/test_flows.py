@@ -7,13 +7,12 @@ import shutil
 import numpy as np
 import pytest
 
-from lsdflow.core.config import load_config
-from lsdflow.tasks.run_names import stage_of
-
-from lsdflow.core.train.affinities import labels_to_affinities
 from lsdflow.core.blockwise.runner import BlockwiseError
-from lsdflow.core.segment.blockwise import BlockwiseSegmentation
+from lsdflow.core.config import load_config
 from lsdflow.core.io.volumes import VolumeError, open_array, write_array
+from lsdflow.core.segment.blockwise import FragmentsStage
+from lsdflow.core.train.affinities import labels_to_affinities
+from lsdflow.tasks.run_names import stage_of
 
 # one prediction pass per tile: these tests are about orchestration, not the shipped setting
 BLOCKS = ["blockwise.block_size_nm=[640, 640, 640]", "prediction.test_time_augmentation=false"]
@@ -83,10 +82,10 @@ def test_reruns_are_cached_and_a_new_threshold_recomputes_only_downstream(prefec
 
 def test_transient_failures_are_retried_and_bad_input_is_not(prefect_api, volume, monkeypatch):
     from lsdflow.flows import segment as segment_flow
-    from lsdflow.tasks import segmentation
+    from lsdflow.tasks import segment as segmentation
 
     calls = {"n": 0}
-    original = BlockwiseSegmentation.fragments
+    original = FragmentsStage.prepare
 
     def flaky(self):
         calls["n"] += 1
@@ -94,7 +93,7 @@ def test_transient_failures_are_retried_and_bad_input_is_not(prefect_api, volume
             raise BlockwiseError("stage 'fragments': 1 block(s) failed (injected)")
         return original(self)
 
-    monkeypatch.setattr(BlockwiseSegmentation, "fragments", flaky)
+    monkeypatch.setattr(FragmentsStage, "prepare", flaky)
     monkeypatch.setattr(segmentation, "fragments", segmentation.fragments.with_options(
         retry_delay_seconds=0, cache_key_fn=None, cache_policy=None, refresh_cache=True))
     state = segment_flow.segment(config_name="gala", volume=str(volume), thresholds=[0.5],
@@ -106,7 +105,7 @@ def test_transient_failures_are_retried_and_bad_input_is_not(prefect_api, volume
         raise VolumeError(f"{volume}/volumes/pred_affs: NaN affinities (injected)")
 
     calls["n"] = 0
-    monkeypatch.setattr(BlockwiseSegmentation, "fragments", bad)
+    monkeypatch.setattr(FragmentsStage, "prepare", bad)
     state = segment_flow.segment(config_name="gala", volume=str(volume), thresholds=[0.5],
                                  overrides=[*BLOCKS, "segmentation.min_seed_distance=8"], return_state=True)
     assert state.is_failed() and calls["n"] == 1
@@ -197,7 +196,7 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
 @pytest.mark.slow
 def test_train_and_promote_flows(prefect_api, tmp_path, monkeypatch):
     """train → registered challenger; promote → evaluated on validation data, champion."""
-    from lsdflow.flows.model_flows import promote, train
+    from lsdflow.flows.models import promote, train
     from lsdflow.registry.model_registry import resolve_model
 
     from .conftest import TINY_NET

@@ -10,9 +10,8 @@ import pytest
 import zarr
 from funlib.geometry import Roi
 
+from lsdflow.cli.main import main as lsdflow
 from lsdflow.core.blockwise.runner import RunSettings
-from lsdflow.core.predict.blockwise import predict_blockwise, prediction_key
-from lsdflow.core.model.checkpoints import load_model, write_model_file
 from lsdflow.core.config import load_config
 from lsdflow.core.io.intensity import (
     OUT_OF_DEPTH_SHIFT,
@@ -24,9 +23,10 @@ from lsdflow.core.io.intensity import (
     normalization_for,
     training_reference,
 )
-from lsdflow.core.predict.in_memory import predict_volume, recorded_input_shift
 from lsdflow.core.io.volumes import open_array, write_array
-from lsdflow.cli.main import main as lsdflow
+from lsdflow.core.model.checkpoints import load_model, write_model_file
+from lsdflow.core.predict.blockwise import predict_blockwise, prediction_key
+from lsdflow.core.predict.in_memory import predict_volume, recorded_input_shift
 
 from .conftest import TINY
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from lsdflow.core.config import ModelConfig, load_config
-from lsdflow.core.train.losses import MultiTaskWeightedMSELoss
 from lsdflow.core.model.networks import MODEL_CLASSES, build_model, output_shape_from_network
 from lsdflow.core.model.unet import Unet
+from lsdflow.core.train.losses import MultiTaskWeightedMSELoss
 
 EXPECTED_CHANNELS = {
     "mtlsd": (10, 3),

@@ -12,9 +12,9 @@ import pytest
 import zarr
 from funlib.geometry import Coordinate, Roi
 
-from lsdflow.core.view.neuroglancer_view import _local_volume, layer_specs, open_view, screenshot
-from lsdflow.core.segment.threshold_selection import CHOICE_ATTRIBUTE
 from lsdflow.core.io.volumes import VolumeError, open_array, write_array
+from lsdflow.core.segment.threshold_selection import CHOICE_ATTRIBUTE
+from lsdflow.core.view.neuroglancer_view import _local_volume, layer_specs, open_view, screenshot
 
 NO_BROWSER = shutil.which("chromium") is None or shutil.which("chromedriver") is None
 needs_browser = pytest.mark.skipif(NO_BROWSER, reason="Chromium and ChromeDriver are not installed "

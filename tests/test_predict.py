@@ -9,13 +9,13 @@ import pytest
 import torch
 import zarr
 
-from lsdflow.core.model.checkpoints import export_model
 from lsdflow.cli.main import main as cli
 from lsdflow.core.config import ConfigError, load_config
 from lsdflow.core.io.convert import convert
+from lsdflow.core.io.volumes import VolumeError, list_datasets, open_array
+from lsdflow.core.model.checkpoints import export_model
 from lsdflow.core.model.networks import build_model
 from lsdflow.core.predict.in_memory import predict_volume
-from lsdflow.core.io.volumes import VolumeError, list_datasets, open_array
 
 
 @pytest.fixture

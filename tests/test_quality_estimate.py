@@ -9,15 +9,21 @@ import numpy as np
 import pytest
 import zarr
 
-from lsdflow.core.model.checkpoints import input_normalization, load_model
 from lsdflow.core.config import load_config
-from lsdflow.core.predict.in_memory import predict_array, predict_volume
-from lsdflow.core.segment.quality_estimate import (HALVES, describe, estimate_for_predictions, mirrored_affinities, recorded,
-                                           tta_disagreement)
-from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
-from lsdflow.core.predict.augmentation import MIRRORINGS
-from lsdflow.core.segment.threshold_selection import central_crop
 from lsdflow.core.io.volumes import open_array
+from lsdflow.core.model.checkpoints import input_normalization, load_model
+from lsdflow.core.predict.augmentation import MIRRORINGS
+from lsdflow.core.predict.in_memory import predict_array, predict_volume
+from lsdflow.core.segment.quality_estimate import (
+    HALVES,
+    describe,
+    estimate_for_predictions,
+    mirrored_affinities,
+    recorded,
+    tta_disagreement,
+)
+from lsdflow.core.segment.threshold_selection import central_crop
+from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
 
 from .conftest import TINY
 

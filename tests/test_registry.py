@@ -9,9 +9,9 @@ import pytest
 import torch
 import zarr
 
-from lsdflow.core.model.checkpoints import load_model
-from lsdflow.core.config import load_config
 from lsdflow.cli.main import main
+from lsdflow.core.config import load_config
+from lsdflow.core.model.checkpoints import load_model
 from lsdflow.registry.model_registry import RegistryError, load_registered_model, resolve_model
 
 from .conftest import ROOT, TINY_NET
@@ -42,7 +42,6 @@ def test_train_register_evaluate_promote_predict_by_alias(workspace, gala_test, 
     assert "v1 promoted: no champion yet" in capsys.readouterr().out
     # what the MLflow UI shows: the registration run carries the file's training facts; the
     # evaluation run one metric per threshold and the best, linked to the version both ways
-    from mlflow import MlflowClient
 
     client = MlflowClient()
     v1 = client.get_model_version("mtlsd-gala", "1")

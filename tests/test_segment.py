@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsdflow.core.train.affinities import labels_to_affinities
 from lsdflow.core.evaluate.metrics import segmentation_scores
-from lsdflow.core.segment.in_memory import agglomerate, fragments_from_affinities, scoring_function
 from lsdflow.core.io.volumes import open_array
+from lsdflow.core.segment.in_memory import agglomerate, fragments_from_affinities, scoring_function
+from lsdflow.core.train.affinities import labels_to_affinities
 
 NEIGHBORHOOD = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lsdflow.core.train.affinities import labels_to_affinities
 from lsdflow.core.evaluate.metrics import segmentation_scores
-from lsdflow.core.segment.in_memory import segment_volume
 from lsdflow.core.io.volumes import VolumeError, create_array, list_datasets, open_array
+from lsdflow.core.segment.in_memory import segment_volume
+from lsdflow.core.train.affinities import labels_to_affinities
 
 
 @pytest.fixture

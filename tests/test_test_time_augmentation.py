@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsdflow.core.train.affinities import labels_to_affinities
-from lsdflow.core.predict.augmentation import MIRRORINGS, augmentation_margin, predict_mirrored, unmirror
 from lsdflow.core.io.volumes import open_array
+from lsdflow.core.predict.augmentation import MIRRORINGS, augmentation_margin, predict_mirrored, unmirror
+from lsdflow.core.train.affinities import labels_to_affinities
 
 NEAREST = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
 LONG_RANGE = [(-1, 0, 0), (0, -1, 0), (0, 0, -1), (-3, 0, 0), (0, -9, 0), (0, 0, -9)]
@@ -61,9 +61,9 @@ def test_augmented_prediction_of_a_network_covers_the_volume(gala_test):
     import torch
 
     from lsdflow.core.config import load_config
+    from lsdflow.core.io.intensity import Normalization, intensity_stats
     from lsdflow.core.model.networks import build_model
     from lsdflow.core.predict.in_memory import predict_array
-    from lsdflow.core.io.intensity import Normalization, intensity_stats
 
     from .conftest import TINY_NET
 
@@ -84,9 +84,9 @@ def test_a_block_of_one_tile_costs_one_pass_per_mirroring():
     """The mirrored passes cover the tile plus the margin: the tile grows by it, so a
     one-tile block takes 8 passes (it took 64 when the margin spilled into a second
     tile per axis), and a block shrunk at the volume's face no more than it needs."""
-    from lsdflow.core.predict.blockwise import block_voxels, covering_voxels
     from lsdflow.core.config import load_config
     from lsdflow.core.model.networks import build_model
+    from lsdflow.core.predict.blockwise import block_voxels, covering_voxels
     from lsdflow.core.predict.in_memory import context_margin, predict_with_context, prediction_tile
 
     from .conftest import TINY

@@ -7,8 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lsdflow.core.train.affinities import labels_to_affinities
-from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
 from lsdflow.core.segment.threshold_selection import (
     affinity_disagreement,
     affinity_uncertainty,
@@ -18,6 +16,8 @@ from lsdflow.core.segment.threshold_selection import (
     lsd_disagreement,
     score_thresholds,
 )
+from lsdflow.core.train.affinities import labels_to_affinities
+from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
 
 NEIGHBORHOOD = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
 
@@ -110,8 +110,8 @@ def test_a_container_is_scored_on_a_central_crop_and_the_choice_is_explained(tmp
     from lsd.train.local_shape_descriptor import get_local_shape_descriptors
 
     from lsdflow.core.evaluate.metrics import segmentation_scores
-    from lsdflow.core.segment.threshold_selection import central_crop, choose_in_container
     from lsdflow.core.io.volumes import open_array, write_array
+    from lsdflow.core.segment.threshold_selection import central_crop, choose_in_container
 
     container = tmp_path / "vol.zarr"
     roi, voxel_size = Roi((100, 0, 50), Coordinate(truth.shape) * 10), Coordinate(10, 10, 10)
@@ -146,8 +146,8 @@ def test_segment_chooses_and_records_a_threshold_without_labels(tmp_path, truth,
     from funlib.geometry import Coordinate, Roi
 
     from lsdflow.cli.main import main
-    from lsdflow.core.segment.threshold_selection import recorded_choice
     from lsdflow.core.io.volumes import write_array
+    from lsdflow.core.segment.threshold_selection import recorded_choice
 
     container = tmp_path / "vol.zarr"
     rng = np.random.default_rng(6)

@@ -10,9 +10,10 @@ import pytest
 import torch
 from funlib.geometry import Coordinate
 
-from lsdflow.core.model.checkpoints import latest_checkpoint, list_checkpoints, load_model
 from lsdflow.core.config import ConfigError, load_config
 from lsdflow.core.io.convert import convert
+from lsdflow.core.io.volumes import VolumeError
+from lsdflow.core.model.checkpoints import latest_checkpoint, list_checkpoints, load_model
 from lsdflow.core.train.training import (
     TrainingKeys,
     build_training_pipeline,
@@ -20,7 +21,6 @@ from lsdflow.core.train.training import (
     train,
     training_request,
 )
-from lsdflow.core.io.volumes import VolumeError
 
 from .conftest import TINY_NET
 

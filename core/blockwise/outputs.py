@@ -25,6 +25,7 @@ import zarr
 from funlib.geometry import Coordinate, Roi
 
 from ..io.atomic import partial_path, remove_abandoned, swap_into_place
+from ..io.graphstore import open_graph_store
 from ..io.volumes import create_array, dataset_exists, dataset_fingerprint
 
 KEY_ATTR = "lsdflow_stage_key"
@@ -125,8 +126,6 @@ class GraphOutput:
     fresh: bool = False  # set by `prepare` when the table was started afresh: blocks done before are void
 
     def _store(self):
-        from ..io.graphstore import open_graph_store
-
         return open_graph_store(self.graph_url, self.sample)
 
     def complete(self, key: str) -> bool:

@@ -33,11 +33,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
-from funlib.geometry import Coordinate, Roi
+from funlib.geometry import Roi
 
+from ..config import ConfigError
+from ..io.input_checks import ModelFileError
 from ..io.output_lock import output_lock
-from .outputs import ArrayOutput
+from ..io.volumes import VolumeError
+from .grid import block_index, grid_blocks  # noqa: F401 - the grid of a stage's blocks
+from .outputs import ArrayOutput, stage_key
 from .stage import BlockwiseStage, load_stage
 
 logger = logging.getLogger(__name__)
@@ -64,24 +67,6 @@ class RunSettings:
         return replace(cls(bw.workers, bw.retries, bw.block_timeout_s, bw.launcher), **changes)
 
 
-def block_index(block_write_roi: Roi, total_roi: Roi, block_size: Coordinate) -> int:
-    """Linear index of a block in the stage's grid: small, stable ids for a block
-    (daisy's own block ids grow cubically with the grid position)."""
-    grid = tuple(-(-s // b) for s, b in zip(total_roi.shape, block_size))
-    position = (block_write_roi.offset - total_roi.offset) / block_size
-    return int(np.ravel_multi_index(tuple(position), grid))
-
-
-def grid_blocks(total_roi: Roi, block_size: Coordinate) -> list[Roi]:
-    """Write ROIs of all blocks in grid order, the last ones shrunk to the total ROI."""
-    grid = tuple(-(-s // b) for s, b in zip(total_roi.shape, block_size))
-    rois = []
-    for position in np.ndindex(*grid):
-        offset = total_roi.offset + Coordinate(position) * block_size
-        rois.append(Roi(offset, block_size).intersect(total_roi))
-    return rois
-
-
 class StageWorker:
     """One worker's life (a daisy worker function, run in its own process): the stage is
     rebuilt from its JSON description, opened once (`stage.opened()`), given blocks until
@@ -94,10 +79,6 @@ class StageWorker:
 
     def __call__(self, *, context=None):
         import daisy
-
-        from ..config import ConfigError
-        from ..io.input_checks import ModelFileError
-        from ..io.volumes import VolumeError
 
         if context is not None:
             os.environ[daisy.Context.ENV_VARIABLE] = context.to_env()
@@ -157,8 +138,6 @@ def _raise_bad_input(name: str, record: Path) -> None:
     """Bad input met in a block is reported as bad input (VolumeError), not as a failed
     stage, so that neither the CLI nor Prefect retries it."""
     if record.is_file():
-        from ..io.volumes import VolumeError
-
         message = record.read_text()
         record.unlink(missing_ok=True)
         raise VolumeError(f"stage {name!r}: {message}")
@@ -208,6 +187,21 @@ def run_stage(stage: BlockwiseStage, settings: RunSettings = RunSettings()) -> d
         summary["key"] = key
         summary["written"] = [Path(w) for w in written if w is not None]
         return summary
+
+
+def committed(stage: BlockwiseStage) -> str | None:
+    """A fingerprint of what `stage` has committed for its current key, or None when it must
+    run (a cache layer puts it into its records, so that a cached result whose outputs were
+    since deleted, replaced or rewritten is never handed back)."""
+    key = stage.key()
+    parts = []
+    for output in stage.outputs():
+        output.container = stage.container
+        fingerprint = output.fingerprint(key)
+        if fingerprint is None:
+            return None
+        parts.append(fingerprint)
+    return stage_key(parts=parts)
 
 
 def run_blocks(stage: BlockwiseStage, settings: RunSettings) -> dict:

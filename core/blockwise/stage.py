@@ -29,6 +29,8 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from pydantic import BaseModel, ConfigDict
 
+from .grid import grid_blocks
+
 
 class BlockwiseStage(BaseModel):
     """Base of every stage. Subclasses set `name` (and `lock`, the container's output lock
@@ -99,8 +101,6 @@ class BlockwiseStage(BaseModel):
 
     def process_roi(self, roi: Roi | None = None) -> None:
         """The same blocks in this process, in order, without daisy (small volumes, tests)."""
-        from .runner import grid_blocks
-
         roi = roi or self.total_roi()
         context = self.context()
         with self.opened() as worker:

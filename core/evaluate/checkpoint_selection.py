@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
+from ..config import ConfigError, LsdflowConfig, SegmentationConfig, VolumeRef
 from ..model.checkpoint_averaging import averaging_windows, write_averaged_model
 from ..model.checkpoints import list_checkpoints
-from ..config import ConfigError, LsdflowConfig, SegmentationConfig, VolumeRef
-from ..view.plots import plot_checkpoint_scores
 from ..predict.in_memory import predict_volume
+from ..view.plots import plot_checkpoint_scores
 from .validation import check_labelled_volume, copy_labelled_volume, segment_and_score
+
+logger = logging.getLogger(__name__)
 
 
 def segmentation_grid(
@@ -86,7 +91,8 @@ def select_checkpoint(
                 window, config, out_dir / "averaged" / f"model_average_{iterations[0]}-{iterations[-1]}.pt")
             candidates.append((iterations[-1], averaged, iterations))
     rows = []
-    for n, (iteration, checkpoint, averaged_iterations) in enumerate(candidates, 1):
+    bar = tqdm(candidates, desc="checkpoints", unit="checkpoint", disable=not progress)
+    for iteration, checkpoint, averaged_iterations in bar:
         began = time.perf_counter()
         for augment in augmentations:
             predicting = with_augmentation(config, augment)
@@ -99,10 +105,11 @@ def select_checkpoint(
                     "merge_function": seg.merge_function, "min_seed_distance": seg.min_seed_distance,
                     **report["best"],
                 })
-        if progress:
-            best_here = min((r for r in rows if r["checkpoint"] == str(checkpoint)), key=lambda r: r["voi_sum"])
-            print(f"[{n}/{len(candidates)}] {candidate_name(best_here)}: VOI sum {best_here['voi_sum']:.3f} "
-                  f"(ARAND {best_here['arand']:.3f}) in {time.perf_counter() - began:.0f} s", flush=True)
+        best_here = min((r for r in rows if r["checkpoint"] == str(checkpoint)), key=lambda r: r["voi_sum"])
+        line = (f"{candidate_name(best_here)}: VOI sum {best_here['voi_sum']:.3f} (ARAND {best_here['arand']:.3f}) "
+                f"in {time.perf_counter() - began:.0f} s")
+        logger.info(line)
+        bar.set_postfix_str(line)
     best = min(rows, key=lambda r: r["voi_sum"])
     result = {"volume": str(volume), "checkpoint_dir": str(checkpoint_dir), "rows": rows, "best": best}
     title = f"{config.name}: validation " + str(volume).replace(str(volume.path), volume.path.name)

@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 
 from ..io.atomic import write_bytes
+from ..io.layout import NEURON_IDS, RAW, SEGMENTATIONS
+from ..io.volumes import VolumeError, dataset_exists, list_datasets, open_array
+from ..view.plots import plot_segmentation_slices, plot_voi_vs_threshold
 from .metrics import segmentation_scores
-from ..io.volumes import NEURON_IDS, RAW, VolumeError, list_datasets, open_array
 
 
 def evaluate_volume(
@@ -30,14 +32,13 @@ def evaluate_volume(
             f"{container}/{labels_dataset}: the region to score, {roi}, is not inside the labels (ROI {labels.roi})"
         )
     region = roi if roi is not None else labels.roi
-    prefix = f"volumes/segmentation/{merge_function}/"
+    prefix = f"{SEGMENTATIONS}/{merge_function}/"
     datasets = sorted(
         (d for d in list_datasets(container) if d.startswith(prefix) and "/." not in d),
         key=lambda d: float(d.removeprefix(prefix)),
     )
     if not datasets:
         raise VolumeError(f"{container}: no segmentations under {prefix} (run `lsdflow segment` first)")
-    from ..io.volumes import dataset_exists
 
     if dataset_exists(container, RAW):
         raw_roi = open_array(container, RAW).roi
@@ -62,7 +63,6 @@ def evaluate_volume(
               "merge_function": merge_function, "scores": rows, "best": best}
     out_dir = Path(out_dir) if out_dir else container.parent / f"{container.stem}_evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
-    from ..view.plots import plot_segmentation_slices, plot_voi_vs_threshold
 
     report["pictures"] = [
         str(plot_voi_vs_threshold(rows, out_dir / "voi_vs_threshold.png", title=f"{container.name} ({merge_function})")),

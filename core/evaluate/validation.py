@@ -15,10 +15,10 @@ from pathlib import Path
 import zarr
 
 from ..config import LsdflowConfig, SegmentationConfig, VolumeRef
-from .scores import evaluate_volume
+from ..io.volumes import VolumeError, dataset_exists, open_array
 from ..predict.in_memory import predict_volume
 from ..segment.in_memory import segment_volume
-from ..io.volumes import VolumeError, dataset_exists, open_array
+from .scores import evaluate_volume
 
 
 def check_labelled_volume(config: LsdflowConfig, volume: VolumeRef) -> None:

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import write_text
 from ..config import ConfigError
-from .volumes import LABELS_MASK, MITO_IDS, NEURON_IDS, RAW
+from .atomic import write_text
+from .layout import LABELS_MASK, MITO_IDS, NEURON_IDS, RAW
+from .output_lock import file_lock
 
 SUFFIXES = (".zarr", ".n5", ".h5", ".hdf5", ".hdf", ".tif", ".tiff")
 
@@ -114,8 +115,6 @@ def announce_new(landing: str | os.PathLike, record: str | os.PathLike, emit: Ca
     """`emit` each complete acquisition that is new or changed, then record it; all under
     a lock on the record, so that two scans at once (a slow scan overlapping the next
     scheduled one, two watchers on one landing directory) never announce one twice."""
-    from .output_lock import file_lock
-
     record = Path(record)
     with file_lock(record.with_suffix(".lock"), f"acquisition record {record}"):
         announced = []

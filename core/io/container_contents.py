@@ -9,10 +9,8 @@ from pathlib import Path
 
 import zarr
 
+from .layout import CHOICE_ATTRIBUTE, PRED_AFFS, SEGMENTATIONS
 from .volumes import VolumeError, dataset_exists, list_datasets
-
-from .layout import FRAGMENTS, PRED_AFFS, PRED_LSDS, RAW, SEGMENTATIONS
-from .layout import NEURON_IDS as LABELS
 
 
 def segmentations(container: str | os.PathLike) -> list[str]:
@@ -32,8 +30,6 @@ def segmentations(container: str | os.PathLike) -> list[str]:
 def segmentation_in_use(container: str | os.PathLike) -> str | None:
     """The segmentation a user should look at first (None when there is none, or several
     and nothing says which)."""
-    from ..segment.threshold_selection import CHOICE_ATTRIBUTE
-
     found = segmentations(container)
     if not found:
         return None

@@ -21,9 +21,12 @@ import tifffile
 import zarr
 from funlib.geometry import Coordinate, Roi
 
+from .acquisitions import describe
 from .atomic import partial_path, remove_abandoned, swap_into_place
 from .input_checks import check_not_constant
-from .volumes import LABELS_MASK, MITO_IDS, NEURON_IDS, RAW, VolumeError, create_array
+from .layout import LABELS_MASK, MITO_IDS, NEURON_IDS, RAW
+from .output_lock import file_lock
+from .volumes import VolumeError, create_array
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_SUFFIXES = (".h5", ".hdf", ".hdf5")
@@ -399,8 +402,6 @@ def conversion_key(source, labels=None, voxel_size=None, offset=None, chunk_shap
     import hashlib
     import json
 
-    from .acquisitions import describe
-
     parts = [describe(source, None).fingerprint, describe(labels, None).fingerprint if labels else None,
              *(list(v) if v is not None else None for v in (voxel_size, offset, chunk_shape)), datasets]
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -410,8 +411,6 @@ def convert_if_changed(source: str | os.PathLike, output: str | os.PathLike, **k
     """`convert(..., overwrite=True)` unless `output` already holds a conversion of the same
     sources with the same settings. Under a lock beside `output`, so that two runs on one
     acquisition convert it once and neither replaces a container the other works in."""
-    from .output_lock import file_lock
-
     output = Path(output)
     with file_lock(output.parent / f".{output.name}.convert.lock", f"converting into {output}"):
         key = conversion_key(source, kwargs.get("labels"), kwargs.get("voxel_size"), kwargs.get("offset"),

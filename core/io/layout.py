@@ -13,6 +13,8 @@ FRAGMENTS = "volumes/fragments"  # 0 on boundary voxels: the region graph's node
 FILLED_FRAGMENTS = "volumes/fragments_filled"  # the same, boundary voxels filled: what relabel maps
 SEGMENTATIONS = "volumes/segmentation"  # volumes/segmentation/<merge function>/<threshold>
 LUTS = "luts"  # luts/<merge function>/<threshold>.npz: fragment -> segment
+# the attribute of the affinities recording which segmentation the label-free criterion chose
+CHOICE_ATTRIBUTE = "threshold_choice"
 
 
 def prediction_dataset(output: str) -> str:

@@ -28,10 +28,11 @@ import zarr
 from funlib.geometry import Coordinate, Roi
 from pydantic import PrivateAttr
 
-from .atomic import replacing
 from ..blockwise.runner import RunSettings, run_stage
 from ..blockwise.stage import BlockwiseStage
-from .container_contents import FRAGMENTS, PRED_AFFS, PRED_LSDS, RAW, require, segmentations
+from .atomic import replacing
+from .container_contents import require, segmentations
+from .layout import FRAGMENTS, PRED_AFFS, PRED_LSDS, RAW
 from .volumes import VolumeError, open_array
 
 AXES = [{"name": a, "type": "space", "unit": "nanometer"} for a in "zyx"]

@@ -8,7 +8,6 @@ file, the dataset and what was expected.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ from funlib.persistence import Array, open_ds, prepare_ds
 
 from .atomic import partial_path, replacing
 
-from .layout import LABELS_MASK, MITO_IDS, NEURON_IDS, RAW  # noqa: F401 - names of the layout, used with volumes
 AXIS_NAMES = ["z", "y", "x"]
 UNITS = ["nm", "nm", "nm"]
 

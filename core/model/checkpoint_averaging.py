@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import list_checkpoints, load_model, write_model_file
 from ..config import LsdflowConfig
+from .checkpoints import list_checkpoints, load_model, write_model_file
 
 
 def average_state_dicts(paths: list[str | os.PathLike]) -> dict[str, torch.Tensor]:

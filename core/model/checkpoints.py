@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
-from ..io.atomic import replacing
 from ..config import LsdflowConfig, ModelConfig
+from ..io.atomic import replacing
 from ..io.input_checks import ModelFileError
+from ..io.intensity import intensity_shift, normalization_for, training_reference
+from ..io.volumes import VolumeError, open_array
 from .networks import build_model
 
 CHECKPOINT_BASENAME = "model"
@@ -93,9 +95,6 @@ def write_model_file(
 def training_intensity_reference(config: LsdflowConfig) -> list[float] | None:
     """The z-scored intensity quantiles of `config`'s training volumes, None when one of
     them cannot be read (e.g. a config moved to another machine)."""
-    from ..io.intensity import training_reference
-    from ..io.volumes import VolumeError, open_array
-
     try:
         volumes = [(open_array(v.path, config.data.raw_dataset), v.roi) for v in config.data.train]
     except (VolumeError, OSError, KeyError, ValueError):
@@ -123,16 +122,12 @@ def intensity_reference(path: str | os.PathLike, meta: dict[str, Any]) -> list[f
 
 def input_normalization(array, kind: str, path: str | os.PathLike, meta: dict[str, Any]):
     """How the raw `array` becomes input of the model at `path` (core/io/intensity.py)."""
-    from ..io.intensity import normalization_for
-
     return normalization_for(array, kind, intensity_reference(path, meta) if kind == "match_training" else None)
 
 
 def input_shift(array, path: str | os.PathLike, meta: dict[str, Any]) -> float | None:
     """`intensity.intensity_shift` of the raw `array` against the training intensities of
     the model at `path`; None when they are not known."""
-    from ..io.intensity import intensity_shift
-
     try:
         return round(intensity_shift(array, intensity_reference(path, meta)), 4)
     except ModelFileError:

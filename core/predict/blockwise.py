@@ -23,12 +23,14 @@ from pydantic import PrivateAttr
 from ..blockwise.outputs import ArrayOutput, committed_fingerprint, stage_key
 from ..blockwise.runner import RunSettings, grid_blocks, run_stage
 from ..blockwise.stage import BlockwiseStage, nm, roi_field, roi_of
+from ..config import check_voxel_size
 from ..io.input_checks import check_finite, check_not_constant, check_writable
 from ..io.intensity import Normalization, scaled_intensities
 from ..io.layout import prediction_dataset
 from ..io.volumes import VolumeError, container_identity, dataset_fingerprint, open_array, voxel_slices
+from ..model.checkpoints import input_normalization, input_shift, load_model
 from ..model.devices import share_cores, worker_device
-from .in_memory import context_margin, prediction_tile
+from .in_memory import context_margin, predict_with_context, prediction_attrs, prediction_tile
 
 CODE_VERSION = "blockwise-predict-2"  # 2: tiles grown by the test-time augmentation margin
 
@@ -72,10 +74,6 @@ class PredictStage(BlockwiseStage):
         """The stage for `container` with this config and model; a missing or broken model,
         a voxel size unlike the config's, constant raw data or a read-only container fail
         here, before any output."""
-        from ..config import check_voxel_size
-        from ..model.checkpoints import input_normalization, input_shift, load_model
-        from .in_memory import prediction_attrs
-
         container = Path(container).resolve()
         bw = config.blockwise
         model_file = Path(model_file or config.prediction.checkpoint or "")
@@ -141,8 +139,6 @@ class PredictStage(BlockwiseStage):
     @contextmanager
     def opened(self):
         """The model on this worker's device, the raw data and the partial outputs."""
-        from ..model.checkpoints import load_model
-
         self._device = self.device or worker_device()
         if self._device == "cpu":
             share_cores(self.workers_per_machine)
@@ -163,8 +159,6 @@ class PredictStage(BlockwiseStage):
         return {**summary, "processed": max(0, summary["processed"] - empty), "skipped": summary["skipped"] + empty}
 
     def process(self, block):
-        from .in_memory import predict_with_context
-
         stage, raw_array = self, self._raw
         vs = raw_array.voxel_size
         context = self.context()
@@ -308,7 +302,6 @@ def _output_channels(model, input_shape) -> list[int]:
     if isinstance(result, torch.Tensor):
         result = (result,)
     return [int(r.shape[1]) for r in result]
-
 
 
 __all__ = ["PredictStage", "VolumeError", "empty_block_mask", "predict_blockwise", "prediction_key", "prediction_state"]

@@ -13,9 +13,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .augmentation import MIRRORINGS, augmentation_margin, predict_mirrored
-from ..model.devices import default_device
+from ..config import check_voxel_size
+from ..io.input_checks import (
+    PREDICT_BYTES_PER_VOXEL,
+    check_finite,
+    check_fits_in_memory,
+    check_not_constant,
+    check_writable,
+)
 from ..io.intensity import scaled_intensities
+from ..io.layout import PRED_AFFS, prediction_dataset
+from ..io.volumes import open_array, write_array
+from ..model.checkpoints import input_normalization, input_shift, load_model
+from ..model.devices import default_device
+from .augmentation import MIRRORINGS, augmentation_margin, predict_mirrored
 
 
 def tile_starts(size: int, tile: int) -> list[int]:
@@ -147,7 +158,7 @@ def _predict_tiles(model, normalized, input_shape, output_shape, batch_size, dev
     return tuple(outputs)
 
 
-def recorded_input_shift(container, dataset: str = "volumes/pred_affs") -> float | None:
+def recorded_input_shift(container, dataset: str = PRED_AFFS) -> float | None:
     """The input shift recorded with a volume's predictions (`intensity.intensity_shift`)."""
     import zarr
 
@@ -190,12 +201,6 @@ def predict_volume(
     0..255. Each dataset records the model file, its iteration and config fingerprint.
     Everything is checked and computed before anything is written; each dataset is
     written beside its final place and renamed in, so a failure loses nothing."""
-    from ..model.checkpoints import input_normalization, input_shift, load_model
-    from ..config import check_voxel_size
-    from ..io.input_checks import (PREDICT_BYTES_PER_VOXEL, check_finite, check_fits_in_memory, check_not_constant,
-                               check_writable)
-    from ..io.volumes import open_array, write_array
-
     container = Path(container)
     output = Path(output) if output else container
     model_file = Path(model_file or config.prediction.checkpoint or "")
@@ -228,6 +233,6 @@ def predict_volume(
     for name, data in zip(model.outputs, outputs):
         values = np.round(data * 255).astype(np.uint8) if dtype == "uint8" else data.astype(np.float32)
         written[name] = write_array(
-            output, f"volumes/pred_{name}", raw_array.roi, raw_array.voxel_size, values, attrs
+            output, prediction_dataset(name), raw_array.roi, raw_array.voxel_size, values, attrs
         )
     return written

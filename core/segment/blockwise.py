@@ -21,7 +21,6 @@ old result until the new one is complete.
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -32,10 +31,18 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from pydantic import PrivateAttr
 
-from ..blockwise.outputs import ArrayOutput, GraphOutput, committed_fingerprint, stage_key
-from ..blockwise.runner import RunSettings, block_index, run_stage
+from ..blockwise.outputs import ArrayOutput, GraphOutput, stage_key
+from ..blockwise.runner import RunSettings, block_index, committed, run_stage
 from ..blockwise.stage import BlockwiseStage, nm, roi_field, roi_of
-from ..io.graphstore import Edges, Nodes, credentials_to_environment, default_graph_url, open_graph_store, redact, sample_name
+from ..io.graphstore import (
+    Edges,
+    Nodes,
+    credentials_to_environment,
+    default_graph_url,
+    open_graph_store,
+    redact,
+    sample_name,
+)
 from ..io.input_checks import check_thresholds, check_writable
 from ..io.layout import FILLED_FRAGMENTS, FRAGMENTS, LUTS, PRED_AFFS, segmentation_dataset
 from ..io.output_lock import output_lock
@@ -181,7 +188,6 @@ def global_fragment_ids(fragments: np.ndarray, depth: np.ndarray, roi, total_roi
     lookup = np.zeros(len(best), dtype=np.uint64)
     lookup[found] = names
     return lookup[label_of].reshape(fragments.shape)
-
 
 
 class AgglomerateStage(_SegmentationStage):
@@ -397,10 +403,10 @@ class BlockwiseSegmentation:
     # what each stage has committed for the current inputs: a fingerprint, or None when
     # the stage must run (cache layers put it into their keys)
     def fragments_done(self) -> str | None:
-        return _committed(self.fragments_stage)
+        return committed(self.fragments_stage)
 
     def edges_done(self) -> str | None:
-        return _committed(self.agglomerate_stage())
+        return committed(self.agglomerate_stage())
 
     def luts_done(self, thresholds: Sequence[float]) -> str | None:
         key = self.edges_key()
@@ -417,23 +423,10 @@ class BlockwiseSegmentation:
         return stage_key(luts=parts)
 
     def relabel_done(self, thresholds: Sequence[float]) -> str | None:
-        return _committed(self.relabel_stage(thresholds))
+        return committed(self.relabel_stage(thresholds))
 
     def segmentation_datasets(self, thresholds: Sequence[float]) -> dict[float, Path]:
         return {float(t): self.container / segmentation_dataset(self.merge_function, t) for t in sorted(thresholds)}
-
-
-def _committed(stage: BlockwiseStage) -> str | None:
-    """A fingerprint of what `stage` committed for its current key, None when incomplete."""
-    key = stage.key()
-    parts = []
-    for output in stage.outputs():
-        output.container = stage.container
-        fingerprint = output.fingerprint(key)
-        if fingerprint is None:
-            return None
-        parts.append(fingerprint)
-    return stage_key(parts=parts)
 
 
 def _summary(summary: dict) -> dict:

@@ -20,6 +20,8 @@ from skimage.segmentation import watershed
 
 from ..config import ConfigError
 from ..io.input_checks import check_thresholds, check_writable
+from ..io.layout import FRAGMENTS, PRED_AFFS, segmentation_dataset
+from ..io.volumes import VolumeError, dataset_exists, open_array, write_array
 
 HIST_QUANTILES = tuple(range(10, 100, 5))
 
@@ -206,7 +208,7 @@ def agglomerate(
 
 def segment_volume(
     container,
-    affs_dataset: str = "volumes/pred_affs",
+    affs_dataset: str = PRED_AFFS,
     thresholds: Sequence[float] = (0.5,),
     merge_function: str = "hist_quant_50",
     fragments_in_xy: bool = False,
@@ -218,8 +220,6 @@ def segment_volume(
 
     The affinities are checked (present, 3+ channels, finite) before anything is written."""
     from pathlib import Path
-
-    from ..io.volumes import VolumeError, open_array, write_array
 
     container = Path(container)
     scoring_function(merge_function)  # an unknown name fails before any work
@@ -240,9 +240,9 @@ def segment_volume(
     segmentations = agglomerate(affs, fragments, thresholds, merge_function)
     attrs = {"affinities": f"{container}/{affs_dataset}", "merge_function": merge_function,
              "fragments_in_xy": fragments_in_xy, "min_seed_distance": min_seed_distance}
-    outputs = {"volumes/fragments": fragments}
+    outputs = {FRAGMENTS: fragments}
     for threshold, segmentation in segmentations.items():
-        outputs[f"volumes/segmentation/{merge_function}/{threshold:g}"] = segmentation
+        outputs[segmentation_dataset(merge_function, threshold)] = segmentation
     written = {
         dataset: write_array(container, dataset, affs_array.roi, affs_array.voxel_size, data, attrs)
         for dataset, data in outputs.items()
@@ -255,8 +255,6 @@ def default_thresholds(container, affs_dataset: str, configured) -> list[float]:
     validation data for the model that predicted these affinities (recorded with the
     affinities as `best_threshold`), else the configured list."""
     import zarr
-
-    from ..io.volumes import dataset_exists
 
     if not dataset_exists(container, affs_dataset):
         return [float(t) for t in configured]  # the stage itself reports the missing dataset

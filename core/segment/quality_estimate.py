@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from ..evaluate.metrics import segmentation_scores
 from ..io.intensity import scaled_intensities
+from ..io.volumes import VolumeError, open_array
+from ..model.checkpoints import input_normalization, load_model
+from ..predict.augmentation import augmentation_margin, unmirror
+from ..predict.in_memory import predict_array
+from .in_memory import agglomerate, fragments_from_affinities
+from .threshold_selection import central_crop
 
 # the two halves: the second is the first composed with a flip of all three axes
 HALVES: tuple[tuple[tuple[int, ...], ...], ...] = (
@@ -44,9 +52,6 @@ def mirrored_affinities(model, raw: np.ndarray, input_shape, output_shape, norma
                         mirrorings: Sequence[tuple[int, ...]], device: str | None = None) -> np.ndarray:
     """The affinities of `raw` (scaled to [0, 1]) averaged over `mirrorings`, each mapped
     back; the `augmentation_margin` faces are invalid (see `unmirror`)."""
-    from ..predict.in_memory import predict_array
-    from ..predict.augmentation import unmirror
-
     index = model.outputs.index("affs")
     total = None
     for axes in mirrorings:
@@ -61,9 +66,6 @@ def halves_affinities(config, model_file, raw_array, roi, device: str | None = N
                       ) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
     """Affinities of `roi` from each half of the mirrorings, and the index of their valid
     interior (the augmentation margin off every face)."""
-    from ..model.checkpoints import input_normalization, load_model
-    from ..predict.augmentation import augmentation_margin
-
     model, meta = load_model(model_file)
     if "affs" not in model.outputs:
         raise ValueError(f"{model_file}: the model predicts no affinities; no quality estimate")
@@ -79,8 +81,6 @@ def halves_affinities(config, model_file, raw_array, roi, device: str | None = N
 
 def segment_at(config, affs: np.ndarray, threshold: float) -> np.ndarray:
     """In memory, with the config's segmentation settings (the path of `lsdflow segment`)."""
-    from .in_memory import agglomerate, fragments_from_affinities
-
     seg = config.segmentation
     fragments = fragments_from_affinities(affs, config.fragments_in_xy(), seg.min_seed_distance, seg.filter_fragments)
     return agglomerate(affs, fragments, [threshold], config.segmentation.merge_function)[threshold]
@@ -88,8 +88,6 @@ def segment_at(config, affs: np.ndarray, threshold: float) -> np.ndarray:
 
 def tta_disagreement(config, a: np.ndarray, b: np.ndarray, threshold: float) -> float:
     """VOI sum between the segmentations of two halves' affinities at `threshold`."""
-    from ..evaluate.metrics import segmentation_scores
-
     # + 1: unfilled boundary voxels (0) are a region like any other here, not unlabelled
     return float(segmentation_scores(segment_at(config, a, threshold).ravel() + 1,
                                      segment_at(config, b, threshold).ravel() + 1).voi_sum)
@@ -103,9 +101,6 @@ def estimate_quality(config, container, model_file, threshold: float, max_voxels
                      device: str | None = None) -> dict:
     """The estimate for the raw volume of `container` segmented at `threshold` with the
     model at `model_file`, on a central crop of at most `max_voxels`."""
-    from .threshold_selection import central_crop
-    from ..io.volumes import open_array
-
     raw_array = open_array(container, config.data.raw_dataset)
     crop = central_crop(raw_array.roi, raw_array.voxel_size, max_voxels)
     estimate = {"threshold": float(threshold), "crop_nm": [list(crop.offset), list(crop.shape)],
@@ -138,8 +133,6 @@ def estimate_for_predictions(config, container, affs_dataset: str, threshold: fl
     """`estimate_quality` with the model that made `container/affs_dataset` (its
     `model_file` attribute), recorded with the segmentations."""
     import zarr
-
-    from ..io.volumes import VolumeError
 
     model_file = zarr.open(str(Path(container) / affs_dataset), mode="r").attrs.get("model_file")
     if not model_file or not Path(model_file).is_file():

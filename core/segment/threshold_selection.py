@@ -29,7 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..io.layout import CHOICE_ATTRIBUTE, PRED_AFFS, PRED_LSDS, segmentation_dataset
+from ..io.volumes import dataset_exists, open_array
 from ..train.affinities import edges_inside, labels_to_affinities
+from .in_memory import default_thresholds
 
 
 def _unit(array: np.ndarray) -> np.ndarray:
@@ -140,21 +143,19 @@ def central_crop(roi, voxel_size, max_voxels: int):
 
 def choose_in_container(container, thresholds: Sequence[float], criterion: str, neighborhood, sigma_nm: float,
                         downsample: int, merge_function: str = "hist_quant_50",
-                        affs_dataset: str = "volumes/pred_affs", lsds_dataset: str = "volumes/pred_lsds",
+                        affs_dataset: str = PRED_AFFS, lsds_dataset: str = PRED_LSDS,
                         max_voxels: int = 128**3) -> dict:
     """Score the container's segmentations at `thresholds` on a central crop (at most
     `max_voxels`) with every criterion its predictions allow, choose by `criterion`, and
     return the choice, the table and the label-free quality estimate."""
     from pathlib import Path
 
-    from ..io.volumes import dataset_exists, open_array
-
     container = Path(container)
     affs_array = open_array(container, affs_dataset)
     crop = central_crop(affs_array.roi, affs_array.voxel_size, max_voxels)
     predictions = {"affs": affs_array[crop]}
     predictions["lsds"] = open_array(container, lsds_dataset)[crop] if dataset_exists(container, lsds_dataset) else None
-    segmentations = {float(t): open_array(container, f"volumes/segmentation/{merge_function}/{t:g}")[crop]
+    segmentations = {float(t): open_array(container, segmentation_dataset(merge_function, t))[crop]
                      for t in thresholds}
     available = criteria(neighborhood, sigma_nm, affs_array.voxel_size, downsample)
     if criterion not in available:
@@ -171,19 +172,14 @@ def candidate_thresholds(container, affs_dataset: str, config) -> list[float]:
     """The thresholds to segment at when none are given: the model's best on validation
     data (`threshold_criterion = "validation"`), else every configured threshold, for a
     label-free criterion to choose from."""
-    from .in_memory import default_thresholds
-
     seg = config.segmentation
     if seg.threshold_criterion == "validation":
         return default_thresholds(container, affs_dataset, seg.thresholds)
     return [float(t) for t in seg.thresholds]
 
 
-CHOICE_ATTRIBUTE = "threshold_choice"
-
-
-def choose_and_record(container, config, thresholds: Sequence[float], affs_dataset: str = "volumes/pred_affs",
-                      lsds_dataset: str = "volumes/pred_lsds") -> dict | None:
+def choose_and_record(container, config, thresholds: Sequence[float], affs_dataset: str = PRED_AFFS,
+                      lsds_dataset: str = PRED_LSDS) -> dict | None:
     """With a label-free `threshold_criterion` and several thresholds segmented: choose
     one and record the choice (criterion, values per threshold, quality estimate, crop) in
     the attributes of `volumes/segmentation/<merge function>`. None otherwise."""

@@ -27,14 +27,14 @@ import torch
 from funlib.geometry import Coordinate
 from lsd.train.gp import AddLocalShapeDescriptor
 
-from ..model.checkpoints import latest_checkpoint, save_training_checkpoint
 from ..config import ConfigError, LsdflowConfig, ModelConfig, VolumeRef, check_voxel_size
-from ..model.devices import default_device
-from .losses import MultiTaskWeightedMSELoss
-from ..model.networks import build_model
-from .blur_augment import BlurAugment
 from ..io.intensity import intensity_stats, normalization_factor
 from ..io.volumes import VolumeError, open_array
+from ..model.checkpoints import latest_checkpoint, load_model, save_training_checkpoint
+from ..model.devices import default_device
+from ..model.networks import build_model
+from .blur_augment import BlurAugment
+from .losses import MultiTaskWeightedMSELoss
 
 logger = logging.getLogger(__name__)
 
@@ -388,8 +388,6 @@ def start_from_model(config: LsdflowConfig, model_file: str | Path) -> int:
 
     Refused, before anything is written, when the workspace already holds checkpoints
     (that run resumes by itself) or when the weights do not fit the config's network."""
-    from ..model.checkpoints import load_model
-
     existing = latest_checkpoint(config.checkpoint_dir)
     if existing:
         raise ConfigError(

@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ..io.container_contents import FRAGMENTS, LABELS, PRED_AFFS, PRED_LSDS, RAW, require, segmentation_in_use, segmentations
+from ..io.container_contents import require, segmentation_in_use, segmentations
+from ..io.layout import FRAGMENTS, PRED_AFFS, PRED_LSDS, RAW
+from ..io.layout import NEURON_IDS as LABELS
 from ..io.volumes import open_array
 
 # the first three channels as red, green, blue, each stretched by the layer's control

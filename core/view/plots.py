@@ -12,13 +12,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..io.atomic import write_bytes
+
 
 def _save(fig, out, dpi: int) -> None:
     """Write the figure whole or not at all (beside, then renamed in): a flow running on the
     same volume at the same time reads either the old picture or the new one."""
     import io
-
-    from ..io.atomic import write_bytes
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lsdflow.core.train.affinities import labels_to_affinities
 from lsdflow.core.io.volumes import open_array, write_array
+from lsdflow.core.train.affinities import labels_to_affinities
 
 from ..conftest import TINY  # noqa: F401  (the tiny_model fixture comes from tests/conftest.py)
 

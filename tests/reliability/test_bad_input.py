@@ -15,9 +15,9 @@ import tifffile
 import zarr
 
 from lsdflow.core.blockwise.runner import RunSettings
-from lsdflow.core.segment.blockwise import segment_blockwise
 from lsdflow.core.config import load_config
 from lsdflow.core.io.volumes import VolumeError, list_datasets, open_array, write_array
+from lsdflow.core.segment.blockwise import segment_blockwise
 
 from .conftest import BLOCKS, TINY, run_killed
 

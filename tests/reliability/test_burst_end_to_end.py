@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-
 from pathlib import Path
 
 import h5py
@@ -18,8 +17,8 @@ import pytest
 import zarr
 from funlib.geometry import Roi
 
-from lsdflow.core.io.acquisitions import output_dir
 from lsdflow.core.config import load_config
+from lsdflow.core.io.acquisitions import output_dir
 from lsdflow.core.io.volumes import open_array, write_array
 
 from ..served_platform import api_call, served_platform

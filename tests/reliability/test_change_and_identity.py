@@ -12,10 +12,10 @@ import pytest
 import zarr
 
 from lsdflow.core.blockwise.runner import RunSettings
-from lsdflow.core.predict.blockwise import predict_blockwise
-from lsdflow.core.segment.blockwise import segment_blockwise
 from lsdflow.core.config import load_config
 from lsdflow.core.io.volumes import dataset_fingerprint, open_array
+from lsdflow.core.predict.blockwise import predict_blockwise
+from lsdflow.core.segment.blockwise import segment_blockwise
 
 from .conftest import BLOCKS, TINY
 

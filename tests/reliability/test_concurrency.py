@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from lsdflow.core.blockwise.runner import RunSettings
-from lsdflow.core.segment.blockwise import segment_blockwise
 from lsdflow.core.config import load_config
 from lsdflow.core.io.volumes import open_array
+from lsdflow.core.segment.blockwise import segment_blockwise
 
 from .conftest import BLOCKS, hidden_leftovers
 

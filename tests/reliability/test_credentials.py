@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lsdflow.core.segment.blockwise import BlockwiseSegmentation
 from lsdflow.core.config import ConfigError, load_config
 from lsdflow.core.io.graphstore import PASSWORD_ENV, USER_ENV
+from lsdflow.core.segment.blockwise import BlockwiseSegmentation
 
 from .conftest import BLOCKS
 

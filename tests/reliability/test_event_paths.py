@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from lsdflow.core.io.acquisitions import check_inside_roots, data_roots
 from lsdflow.core.config import ConfigError
+from lsdflow.core.io.acquisitions import check_inside_roots, data_roots
 
 
 def test_roots_are_split_and_checked(tmp_path):

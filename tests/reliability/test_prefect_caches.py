@@ -20,8 +20,8 @@ pytestmark = pytest.mark.slow
 
 def test_segment_flow_reruns_what_changed_or_vanished(prefect_api, gala_copy, tmp_path):
     from lsdflow.core.blockwise.runner import RunSettings
-    from lsdflow.core.segment.blockwise import segment_blockwise
     from lsdflow.core.config import load_config
+    from lsdflow.core.segment.blockwise import segment_blockwise
     from lsdflow.flows.segment import segment
 
     volume = gala_copy()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
+from ..core.blockwise.outputs import committed_fingerprint, stage_key
 from ..core.io.acquisitions import describe
 from ..core.io.convert import convert_if_changed
-from ..core.blockwise.outputs import committed_fingerprint, stage_key
-from ..core.io.volumes import RAW
+from ..core.io.layout import RAW
 from .cache_keys import stage_task
 from .references import ArrayRef
 from .retry import retry_transient
@@ -34,4 +34,4 @@ def convert_acquisition(source: str, output: str, voxel_size: list[int] | None =
     """`source` (HDF5, TIFF, N5 or Zarr) → `output` Zarr in lsdflow's layout."""
     with logged_stage("convert", source=source, output=output):
         convert_if_changed(source, output, voxel_size=voxel_size, progress=False)
-    return ArrayRef.of(output, "volumes/raw")
+    return ArrayRef.of(output, RAW)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from prefect import flow
 
 from ..core.config import load_config
+from ..registry.model_registry import default_model_name, expand_model_reference
 from ..tasks import models
 
 
@@ -23,8 +24,6 @@ def train(config_name: str = "gala", iterations: int | None = None, overrides: l
       description="Score a registered model on validation data; the scores recorded with its version.")
 def evaluate(model_uri: str = "@challenger", config_name: str = "gala", volume: str | None = None,
              overrides: list[str] | None = None, workspace: str | None = None) -> dict:
-    from ..registry.model_registry import expand_model_reference
-
     config = load_config(config_name, overrides or [], workspace)
     return models.evaluate_model(config, expand_model_reference(model_uri, config), volume or _validation_volume(config))
 
@@ -46,6 +45,4 @@ def _validation_volume(config):
 
 
 def _default_name(config) -> str:
-    from ..registry.model_registry import default_model_name
-
     return default_model_name(config)

@@ -11,7 +11,8 @@ from ..core.segment.threshold_selection import choose_and_record, recorded_choic
 from .cache_keys import stage_task
 from .references import ArrayRef
 from .retry import retry_transient
-from .run_names import logged_stage, task_run_name, thresholds as listed, volume_name
+from .run_names import logged_stage, task_run_name, volume_name
+from .run_names import thresholds as listed
 
 
 def _thresholds(segmentations: list[ArrayRef]) -> list[float]:
