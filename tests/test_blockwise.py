@@ -206,6 +206,27 @@ def _done_blocks(tracking: Path) -> int:
     return sum(int(np.count_nonzero(np.fromfile(p, np.uint8))) for p in tracking.glob("blocks/done/c/**/*") if p.is_file())
 
 
+def test_a_new_region_graph_store_for_finished_fragments_is_filled_again(gala_gt, tmp_path):
+    """The fragments are complete in the container but the graph is in another store: the
+    stage's outputs are made together, so the new store gets every node and the result is
+    the same."""
+    from lsdflow.core.io.graphstore import open_graph_store, sample_name
+
+    config = load_config("gala", GALA_BLOCKS)
+    container = _copy(gala_gt, "two_graphs.zarr")
+    first, second = f"sqlite:///{tmp_path / 'first.db'}", f"sqlite:///{tmp_path / 'second.db'}"
+    segment_blockwise(config, container, graph_url=first, thresholds=[0.5], settings=QUIET)
+    reference = _segmentation(container, 0.5)
+    again = segment_blockwise(config, container, graph_url=second, thresholds=[0.5], settings=QUIET)
+    assert again["stages"]["fragments"]["processed"] == again["stages"]["fragments"]["blocks"]
+    nodes = []
+    for url in (first, second):
+        with open_graph_store(url, sample_name(container)) as store:
+            nodes.append(np.sort(store.read_nodes().ids))
+    assert len(nodes[0]) and np.array_equal(*nodes)
+    assert np.array_equal(_segmentation(container, 0.5), reference)
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_and_gives_the_same_segmentation(gala_gt):
     overrides = ["blockwise.block_size_nm=[320, 320, 320]", "blockwise.workers=1"]

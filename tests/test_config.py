@@ -147,3 +147,35 @@ def test_a_volume_entry_can_name_a_region(gala_train, gala_test, tmp_path):
 def test_bad_regions_are_config_errors(entry, message):
     with pytest.raises(ConfigError, match=message):
         load_config("gala", [f"data.validation=[{entry}]"])
+
+
+@pytest.mark.slow
+def test_an_installed_lsdflow_finds_its_shipped_configs(tmp_path):
+    """Outside a source checkout (a wheel installed elsewhere), `gala` and the other
+    shipped configs are found: they travel with the package as lsdflow.configs."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    import shutil
+
+    source = tmp_path / "source"  # built from a copy: the build leaves nothing in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "core", "registry", "tasks", "flows", "cli", "deployments", "configs"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, source / name)
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(source)], check=True, cwd=tmp_path)
+    code = ("import lsdflow.core.config as c; print(c.CONFIG_DIR); print(c.shipped_configs()); "
+            "print(c.load_config('cremi').data.voxel_size)")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                         check=True).stdout.splitlines()
+    assert out[0].startswith(str(target)), out  # the installed copy, not this checkout
+    assert "gala" in out[1] and "medulla" in out[1]
+    assert out[2] == "(40, 4, 4)"

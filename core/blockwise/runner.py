@@ -147,8 +147,9 @@ def run_stage(stage: BlockwiseStage, settings: RunSettings = RunSettings()) -> d
     """The one lifecycle of every stage: key → complete? → prepare the outputs → run the
     blocks not done yet → `finish` → commit the outputs (their records of completion last).
 
-    Outputs already complete for this key are left alone (e.g. the thresholds of a relabel
-    that exist); with every output complete the stage is up to date. Raises BlockwiseError
+    With every output complete for this key the stage is up to date; otherwise its outputs
+    are made again, all of them, or only the missing ones for a stage whose outputs are
+    independent (the thresholds of a relabel). Raises BlockwiseError
     if any block fails. Returns a summary: blocks total / processed / resumed (done in an
     earlier run) / skipped (nothing to do) / failed / orphaned, and seconds."""
     lock = output_lock(stage.container, stage.lock) if stage.lock else contextlib.nullcontext()
@@ -158,6 +159,8 @@ def run_stage(stage: BlockwiseStage, settings: RunSettings = RunSettings()) -> d
         for output in outputs:
             output.container = stage.container
         todo = [o for o in outputs if not o.complete(key)]
+        if todo and not stage.independent_outputs:
+            todo = outputs  # made together: one missing output means making them all again
         if outputs and not todo:
             return {"stage": stage.name, "up_to_date": True, "key": key}
         stage.check()  # bad input fails here, before any output is touched

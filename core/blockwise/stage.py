@@ -40,6 +40,8 @@ class BlockwiseStage(BaseModel):
 
     name: ClassVar[str]
     lock: ClassVar[str | None] = None
+    # outputs made one by one (a relabel's thresholds): a missing one is made alone
+    independent_outputs: ClassVar[bool] = False
 
     container: str  # the volume's Zarr container (absolute)
     # output name -> the dataset the running stage writes (its partial), set by the runner
@@ -70,8 +72,8 @@ class BlockwiseStage(BaseModel):
         return []
 
     def tracking_dir(self) -> Path:
-        """Where the blocks done are recorded (the runner chooses: inside the first output's
-        partial dataset, else under the container's `.lsdflow/blocks/`)."""
+        """Where a stage without outputs records the blocks done (a stage with outputs has
+        them recorded with its first output, by the runner)."""
         return Path(self.scratch) if self.scratch else Path(self.container) / ".lsdflow" / "blocks" / self.name
 
     def log_dir(self) -> Path:
@@ -100,7 +102,8 @@ class BlockwiseStage(BaseModel):
         return summary
 
     def process_roi(self, roi: Roi | None = None) -> None:
-        """The same blocks in this process, in order, without daisy (small volumes, tests)."""
+        """The same blocks in this process, in order, without daisy (small volumes, tests);
+        outputs go where `writing` says (the runner's partials, or datasets the caller made)."""
         roi = roi or self.total_roi()
         context = self.context()
         with self.opened() as worker:

@@ -248,6 +248,7 @@ class RelabelStage(_SegmentationStage):
     """Each threshold's segmentation: the filled fragments mapped through its LUT."""
 
     name: ClassVar[str] = "relabel"
+    independent_outputs: ClassVar[bool] = True  # a threshold's segmentation is made alone
 
     edges_key: str
     fragments_context_nm: tuple[int, int, int]
