@@ -184,12 +184,11 @@ def run_stage(stage: BlockwiseStage, settings: RunSettings = RunSettings()) -> d
         stage = stage.model_copy(update={"writing": writing, "scratch": str(tracking)})
         stage.prepare()
         summary = stage.finish(run_blocks(stage, settings))
-        written = [output.commit(key) for output in todo]
+        for output in todo:
+            output.commit(key)
         if outputs and not arrays:
             shutil.rmtree(tracking, ignore_errors=True)
-        summary["key"] = key
-        summary["written"] = [Path(w) for w in written if w is not None]
-        return summary
+        return {**summary, "key": key}
 
 
 def committed(stage: BlockwiseStage) -> str | None:
@@ -212,7 +211,7 @@ def run_blocks(stage: BlockwiseStage, settings: RunSettings) -> dict:
     import daisy
     import daisy.logging as daisy_logging
 
-    tracking_dir = Path(stage.tracking_dir() if stage.scratch is None else stage.scratch)
+    tracking_dir = stage.tracking_dir()
     tracking_dir.mkdir(parents=True, exist_ok=True)
     log_dir = stage.log_dir()
     daisy_logging.set_log_basedir(log_dir)

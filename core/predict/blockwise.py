@@ -20,7 +20,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from pydantic import PrivateAttr
 
-from ..blockwise.outputs import ArrayOutput, committed_fingerprint, stage_key
+from ..blockwise.outputs import ArrayOutput, stage_key
 from ..blockwise.runner import RunSettings, grid_blocks, run_stage
 from ..blockwise.stage import BlockwiseStage, nm, roi_field, roi_of
 from ..config import check_voxel_size
@@ -205,20 +205,12 @@ def predict_blockwise(
                                     workers_per_machine=1 if settings.launcher else settings.workers)
     summary = run_stage(stage, settings)
     written = [Path(stage.container) / o.dataset for o in stage.outputs()]
-    return {"stage": {k: v for k, v in summary.items() if k != "written"}, "written": written}
+    return {"stage": summary, "written": written}
 
 
 def prediction_key(config, container, model_file, output_dtype: str | None = None, extra_attrs: dict | None = None) -> str:
     """The key of `predict_blockwise`'s result for these inputs (what its cache depends on)."""
-    return prediction_state(config, container, model_file, output_dtype, extra_attrs)[0]
-
-
-def prediction_state(config, container, model_file, output_dtype: str | None = None,
-                     extra_attrs: dict | None = None) -> tuple[str, str | None]:
-    """(key, fingerprint of the committed outputs made with that key, or None)."""
-    stage = PredictStage.for_volume(config, container, model_file, output_dtype, extra_attrs=extra_attrs)
-    key = stage.key()
-    return key, committed_fingerprint(stage.container, {o.dataset: key for o in stage.outputs()})
+    return PredictStage.for_volume(config, container, model_file, output_dtype, extra_attrs=extra_attrs).key()
 
 
 def block_voxels(model, input_shape, output_shape, tiles, augment: bool) -> Coordinate:
@@ -304,4 +296,4 @@ def _output_channels(model, input_shape) -> list[int]:
     return [int(r.shape[1]) for r in result]
 
 
-__all__ = ["PredictStage", "VolumeError", "empty_block_mask", "predict_blockwise", "prediction_key", "prediction_state"]
+__all__ = ["PredictStage", "VolumeError", "empty_block_mask", "predict_blockwise", "prediction_key"]

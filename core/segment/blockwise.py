@@ -368,13 +368,13 @@ class BlockwiseSegmentation:
                             thresholds=tuple(sorted(float(t) for t in check_thresholds(thresholds))))
 
     def fragments(self) -> dict:
-        return _summary(run_stage(self.fragments_stage, self.settings))
+        return run_stage(self.fragments_stage, self.settings)
 
     def agglomerate(self) -> dict:
-        return _summary(run_stage(self.agglomerate_stage(), self.settings))
+        return run_stage(self.agglomerate_stage(), self.settings)
 
     def relabel(self, thresholds: Sequence[float]) -> dict:
-        return _summary(run_stage(self.relabel_stage(thresholds), self.settings))
+        return run_stage(self.relabel_stage(thresholds), self.settings)
 
     def find_segments(self, thresholds: Sequence[float]) -> dict:
         """Connected components of the merged graph per threshold → one LUT each (one
@@ -428,10 +428,6 @@ class BlockwiseSegmentation:
 
     def segmentation_datasets(self, thresholds: Sequence[float]) -> dict[float, Path]:
         return {float(t): self.container / segmentation_dataset(self.merge_function, t) for t in sorted(thresholds)}
-
-
-def _summary(summary: dict) -> dict:
-    return {k: v for k, v in summary.items() if k != "written"}
 
 
 def segment_blockwise(
