@@ -26,12 +26,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from lsdflow.core.model.checkpoints import load_model  # noqa: E402
 from lsdflow.core.config import load_config  # noqa: E402
-from lsdflow.core.predict.in_memory import predict_array  # noqa: E402
-from lsdflow.core.segment.threshold_selection import affinity_uncertainty  # noqa: E402
 from lsdflow.core.io.intensity import Normalization, intensity_stats  # noqa: E402
 from lsdflow.core.io.volumes import open_array  # noqa: E402
+from lsdflow.core.model.checkpoints import load_model  # noqa: E402
+from lsdflow.core.predict.tiling import predict_array  # noqa: E402
+from lsdflow.core.segment.threshold_selection import affinity_uncertainty  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIELD_NM = 1200  # the side of the field shown of each acquisition

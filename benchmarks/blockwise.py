@@ -28,13 +28,13 @@ import waterz
 from funlib.geometry import Roi
 
 from lsdflow.core.blockwise.runner import RunSettings
-from lsdflow.core.segment.blockwise import BlockwiseSegmentation, segment_blockwise
 from lsdflow.core.config import load_config
-from lsdflow.core.segment.find_segments import segment_luts
 from lsdflow.core.io.graphstore import Edges, open_graph_store
-from lsdflow.core.segment.in_memory import quiet_stdout, scoring_function
-from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
 from lsdflow.core.io.volumes import write_array
+from lsdflow.core.segment.blockwise import BlockwiseSegmentation, segment_blockwise
+from lsdflow.core.segment.find_segments import segment_luts
+from lsdflow.core.segment.watershed import quiet_stdout, scoring_function
+from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5]

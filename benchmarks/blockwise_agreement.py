@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from lsdflow.core.blockwise.runner import RunSettings
-from lsdflow.core.segment.blockwise import segment_blockwise
 from lsdflow.core.config import load_config
 from lsdflow.core.evaluate.metrics import segmentation_scores
-from lsdflow.core.predict.in_memory import predict_volume
-from lsdflow.core.segment.in_memory import agglomerate, fragments_from_affinities
-from lsdflow.core.segment.threshold_selection import central_crop
 from lsdflow.core.io.volumes import open_array, write_array
+from lsdflow.core.predict.blockwise import predict_volume
+from lsdflow.core.segment.blockwise import segment_blockwise
+from lsdflow.core.segment.threshold_selection import central_crop
+from lsdflow.core.segment.watershed import agglomerate, fragments_from_affinities
 
 ROOT = Path(__file__).resolve().parents[1]
 THRESHOLDS = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]

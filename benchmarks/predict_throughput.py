@@ -23,14 +23,19 @@ import torch
 from funlib.geometry import Coordinate
 
 from lsdflow.core.blockwise.runner import RunSettings, grid_blocks
-from lsdflow.core.predict.blockwise import block_voxels, covering_voxels, predict_blockwise
-from lsdflow.core.model.checkpoints import load_model
 from lsdflow.core.config import load_config
-from lsdflow.core.model.devices import default_device
-from lsdflow.core.predict.in_memory import predict_volume, prediction_tile, tile_starts
-from lsdflow.core.predict.augmentation import MIRRORINGS
-from lsdflow.core.segment.threshold_selection import central_crop
 from lsdflow.core.io.volumes import open_array, write_array
+from lsdflow.core.model.checkpoints import load_model
+from lsdflow.core.model.devices import default_device
+from lsdflow.core.predict.augmentation import MIRRORINGS
+from lsdflow.core.predict.blockwise import (
+    block_voxels,
+    covering_voxels,
+    predict_blockwise,
+    predict_volume,
+)
+from lsdflow.core.predict.tiling import prediction_tile, tile_starts
+from lsdflow.core.segment.threshold_selection import central_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 

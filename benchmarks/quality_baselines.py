@@ -38,15 +38,23 @@ from skimage.measure import label
 from skimage.morphology import h_minima
 from skimage.segmentation import watershed
 
-from lsdflow.core.train.affinities import labels_to_affinities
-from lsdflow.core.model.checkpoints import describe_model, load_model
 from lsdflow.core.config import ModelConfig, load_config
 from lsdflow.core.evaluate.metrics import segmentation_scores
-from lsdflow.core.predict.in_memory import predict_array
-from lsdflow.core.segment.in_memory import agglomerate, fragments_from_affinities
-from lsdflow.core.segment.threshold_selection import affinity_uncertainty, choose, criteria, score_thresholds
-from lsdflow.core.model.checkpoints import input_normalization
 from lsdflow.core.io.volumes import open_array, voxel_slices
+from lsdflow.core.model.checkpoints import (
+    describe_model,
+    input_normalization,
+    load_model,
+)
+from lsdflow.core.predict.tiling import predict_array
+from lsdflow.core.segment.threshold_selection import (
+    affinity_uncertainty,
+    choose,
+    criteria,
+    score_thresholds,
+)
+from lsdflow.core.segment.watershed import agglomerate, fragments_from_affinities
+from lsdflow.core.train.affinities import labels_to_affinities
 
 ROOT = Path(__file__).resolve().parents[1]
 H_VALUES = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)

@@ -17,13 +17,18 @@ from pathlib import Path
 import numpy as np
 import waterz
 
-from lsdflow.core.model.checkpoints import load_model
 from lsdflow.core.config import load_config
-from lsdflow.core.predict.in_memory import predict_array
-from lsdflow.core.segment.in_memory import agglomerate, fragments_from_affinities, quiet_stdout, scoring_function
 from lsdflow.core.io.intensity import Normalization, intensity_stats
-from lsdflow.core.segment.threshold_selection import central_crop
 from lsdflow.core.io.volumes import open_array
+from lsdflow.core.model.checkpoints import load_model
+from lsdflow.core.predict.tiling import predict_array
+from lsdflow.core.segment.threshold_selection import central_crop
+from lsdflow.core.segment.watershed import (
+    agglomerate,
+    fragments_from_affinities,
+    quiet_stdout,
+    scoring_function,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

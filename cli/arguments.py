@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..core.blockwise.runner import RunSettings
 from ..core.config import load_config
-from ..registry.model_registry import resolve_prediction_model
+from ..registry.registration import resolve_prediction_model
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:

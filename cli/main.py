@@ -12,7 +12,7 @@ from ..core.config import ConfigError
 from ..core.io.graphstore import GraphStoreError
 from ..core.io.input_checks import ModelFileError
 from ..core.io.volumes import VolumeError
-from ..registry.model_registry import RegistryError
+from ..registry.tracking import RegistryError
 from . import data_commands, model_commands, platform_commands, volume_commands
 
 COMMAND_GROUPS = (data_commands, volume_commands, model_commands, platform_commands)

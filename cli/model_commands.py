@@ -23,15 +23,13 @@ from ..core.model.checkpoints import export_model
 from ..core.train.training import train
 from ..core.view.plots import plot_training_log
 from ..registry.model_evaluation import evaluate_model
-from ..registry.model_registry import (
-    RegistryError,
-    TrainingRun,
+from ..registry.promotion import promote
+from ..registry.registration import (
     default_model_name,
     expand_model_reference,
-    promote,
     register_model,
-    tracking_uri,
 )
+from ..registry.tracking import RegistryError, TrainingRun, tracking_uri
 from .arguments import add_config_args, config_of, resolve_model_reference
 
 

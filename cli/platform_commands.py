@@ -8,7 +8,8 @@ from pathlib import Path
 from ..core.config import load_config
 from ..core.demo import format_report, run_demo
 from ..core.io.graphstore import credentials_to_environment
-from ..registry.model_registry import CHAMPION, expand_model_reference, record_validation_scores, shipped_champion
+from ..registry.promotion import record_validation_scores
+from ..registry.registration import CHAMPION, expand_model_reference, shipped_champion
 
 
 def cmd_demo(args) -> int:

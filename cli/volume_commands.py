@@ -4,15 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.config import ConfigError
 from ..core.evaluate.scores import evaluate_volume, format_scores
 from ..core.io.volumes import open_array
-from ..core.predict.blockwise import predict_blockwise
-from ..core.predict.in_memory import predict_volume
-from ..core.segment.blockwise import segment_blockwise
-from ..core.segment.in_memory import segment_volume
-from ..core.segment.threshold_selection import candidate_thresholds, choose_and_record, describe_choice
-from .arguments import add_config_args, config_of, positive_int, print_stage, resolve_model_reference, run_settings
+from ..core.predict.blockwise import predict_blockwise, predict_volume
+from ..core.segment.blockwise import segment_blockwise, segment_volume
+from ..core.segment.threshold_selection import (
+    candidate_thresholds,
+    choose_and_record,
+    describe_choice,
+)
+from .arguments import (
+    add_config_args,
+    config_of,
+    positive_int,
+    print_stage,
+    resolve_model_reference,
+    run_settings,
+)
 
 
 def cmd_predict(args) -> int:
@@ -21,11 +29,9 @@ def cmd_predict(args) -> int:
     print(f"model: {described}")
     dtype = "float32" if args.float32 else None
     if args.blockwise:
-        if args.output:
-            raise ConfigError("--output is not supported with --blockwise: outputs go into the volume's container")
         result = predict_blockwise(
             config, args.volume, model_file=model_file, output_dtype=dtype,
-            settings=run_settings(args, config), device=args.device, extra_attrs=lineage,
+            settings=run_settings(args, config), device=args.device, extra_attrs=lineage, output=args.output,
         )
         print_stage(result["stage"])
         written = {p.name: p for p in result["written"]}
@@ -42,25 +48,16 @@ def cmd_predict(args) -> int:
 
 def cmd_segment(args) -> int:
     config = config_of(args)
-    seg = config.segmentation
     thresholds = args.thresholds or candidate_thresholds(args.volume, args.affs, config)
     if args.blockwise:
         result = segment_blockwise(config, args.volume, args.affs, graph_url=args.graph, thresholds=thresholds,
                                    settings=run_settings(args, config))
-        for summary in result["stages"].values():
-            print_stage(summary)
-        print(f"region graph: {result['graph']}")
-        written = [str(path) for path in result["segmentations"].values()]
-    else:
-        if args.graph:
-            raise ConfigError("--graph needs --blockwise (the in-memory path keeps no region graph)")
-        result = segment_volume(
-            args.volume, args.affs, thresholds=thresholds,
-            merge_function=seg.merge_function, fragments_in_xy=config.fragments_in_xy(),
-            min_seed_distance=seg.min_seed_distance, filter_fragments=seg.filter_fragments,
-        )
-        written = [f"{args.volume}/{dataset}" for dataset in result["written"]]
-    for path in written:
+    else:  # the same stages, the volume as one block, in this process
+        result = segment_volume(config, args.volume, args.affs, thresholds, graph_url=args.graph)
+    for summary in result["stages"].values():
+        print_stage(summary)
+    print(f"region graph: {result['graph']}")
+    for path in result["segmentations"].values():
         print(f"wrote {path}")
     choice = choose_and_record(args.volume, config, thresholds, args.affs)
     if choice is not None:
@@ -95,13 +92,14 @@ def add_commands(sub) -> None:
     predict.add_argument("--workers", type=positive_int, help="daisy workers (default blockwise.workers)")
     predict.set_defaults(func=cmd_predict)
 
-    segment = sub.add_parser("segment", help="fragments + waterz agglomeration (in memory, or --blockwise)")
+    segment = sub.add_parser("segment", help="fragments + agglomeration (in this process, or --blockwise with daisy workers)")
     add_config_args(segment)
     segment.add_argument("volume", type=Path, help="Zarr container with predicted affinities")
     segment.add_argument("--affs", default="volumes/pred_affs", help="affinities dataset")
     segment.add_argument("--thresholds", type=float, nargs="+", help="default from the config")
     segment.add_argument("--blockwise", action="store_true", help="block by block with daisy (any volume size)")
-    segment.add_argument("--graph", help="region graph URL: sqlite:///path.db (default beside the Zarr) or mongodb://host:port/db")
+    segment.add_argument("--graph", help="region graph URL: sqlite:///path.db or mongodb://host:port/db "
+                         "(default: beside the Zarr; with --blockwise, blockwise.graph of the config first)")
     segment.add_argument("--workers", type=positive_int, help="daisy workers (default blockwise.workers)")
     segment.add_argument("--quiet", action="store_true", help="no progress bars")
     segment.set_defaults(func=cmd_segment)

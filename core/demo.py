@@ -18,9 +18,14 @@ from .config import LsdflowConfig, load_config
 from .evaluate.scores import evaluate_volume, format_scores
 from .evaluate.validation import score_model
 from .io.volumes import open_array, voxel_slices
-from .model.checkpoints import describe_model, export_model, input_normalization, load_model
+from .model.checkpoints import (
+    describe_model,
+    export_model,
+    input_normalization,
+    load_model,
+)
 from .model.networks import build_model
-from .predict.in_memory import predict_array
+from .predict.tiling import predict_array
 from .train.affinities import affinity_quality
 from .train.training import train
 from .view.plots import plot_affinity_slices

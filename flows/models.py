@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import flow
 
 from ..core.config import load_config
-from ..registry.model_registry import default_model_name, expand_model_reference
+from ..registry.registration import default_model_name, expand_model_reference
 from ..tasks import models
 
 

@@ -14,9 +14,9 @@ from ..core.io.acquisitions import data_roots as acquisition_roots
 from ..core.io.intensity import describe_shift
 from ..core.io.layout import PRED_AFFS, PRED_LSDS
 from ..core.io.volumes import dataset_exists
-from ..core.predict.in_memory import recorded_input_shift
+from ..core.predict.attributes import recorded_input_shift
 from ..core.segment.threshold_selection import candidate_thresholds
-from ..registry.model_registry import resolve_prediction_model
+from ..registry.registration import resolve_prediction_model
 from ..tasks import segment as segment_tasks
 from ..tasks.artifacts import publish_summary, volume_key
 from ..tasks.assets import array_asset, materializing, ref_asset

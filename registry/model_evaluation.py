@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..core.config import VolumeRef
 from ..core.evaluate.validation import check_labelled_volume, score_model
-from .model_registry import record_evaluation, resolve_model
+from .promotion import record_evaluation
+from .registration import resolve_model
 
 
 def evaluate_model(uri: str, volume, config, workspace, progress: bool = False) -> dict:

@@ -8,8 +8,8 @@ import hashlib
 from prefect import task
 
 from ..registry.model_evaluation import evaluate_model as evaluate_registered_model
-from ..registry.model_registry import default_model_name, register_model
-from ..registry.model_registry import promote as promote_model
+from ..registry.promotion import promote as promote_model
+from ..registry.registration import default_model_name, register_model
 from .artifacts import publish_scores, publish_summary
 from .references import ArrayRef
 from .retry import retry_transient

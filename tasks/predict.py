@@ -4,7 +4,7 @@ raw data, model file, lineage, shapes and settings."""
 from __future__ import annotations
 
 from ..core.predict.blockwise import PredictStage
-from ..registry.model_registry import resolve_prediction_model
+from ..registry.registration import resolve_prediction_model
 from .artifacts import publish_summary, volume_key
 from .references import ArrayRef
 from .run_names import volume_name

@@ -17,13 +17,18 @@ import pytest
 from funlib.geometry import Coordinate, Roi
 
 from lsdflow.cli.main import main
-from lsdflow.core.blockwise.runner import BlockwiseError, RunSettings, block_index, run_stage
+from lsdflow.core.blockwise.runner import (
+    BlockwiseError,
+    RunSettings,
+    block_index,
+    run_stage,
+)
 from lsdflow.core.blockwise.stage import BlockwiseStage
 from lsdflow.core.config import load_config
 from lsdflow.core.evaluate.metrics import segmentation_scores
 from lsdflow.core.io.volumes import open_array, write_array
 from lsdflow.core.segment.blockwise import segment_blockwise
-from lsdflow.core.segment.in_memory import agglomerate, fragments_from_affinities
+from lsdflow.core.segment.watershed import agglomerate, fragments_from_affinities
 from lsdflow.core.train.affinities import labels_to_affinities
 from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
 
@@ -287,7 +292,7 @@ def test_shipped_model_affinities_blockwise_matches_in_memory_at_every_threshold
     """Real predicted affinities, 8 blocks: the blockwise agglomeration equals waterz in memory
     on the same fragments at every threshold, and the whole blockwise path stays close to the
     in-memory one down to the lowest threshold (fragments cut by block faces are stitched)."""
-    from lsdflow.core.predict.in_memory import predict_volume
+    from lsdflow.core.predict.blockwise import predict_volume
 
     container = tmp_path / "gala.zarr"
     shutil.copytree(gala_test, container)

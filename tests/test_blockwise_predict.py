@@ -12,8 +12,11 @@ from lsdflow.cli.main import main
 from lsdflow.core.blockwise.runner import RunSettings
 from lsdflow.core.config import load_config
 from lsdflow.core.io.volumes import list_datasets, open_array, write_array
-from lsdflow.core.predict.blockwise import predict_blockwise, prediction_key
-from lsdflow.core.predict.in_memory import predict_volume
+from lsdflow.core.predict.blockwise import (
+    predict_blockwise,
+    predict_volume,
+    prediction_key,
+)
 
 QUIET = RunSettings(workers=2, progress=False)
 # one pass per tile (the shipped config averages 8 mirrorings; tested on its own below)
@@ -96,3 +99,23 @@ def test_blockwise_test_time_augmentation_equals_the_in_memory_path(tmp_path, ga
     plain = load_config("gala", [*TINY, *PLAIN])
     assert prediction_key(config, tmp_path / "blocks.zarr", tiny_model) != prediction_key(
         plain, tmp_path / "blocks.zarr", tiny_model)
+
+
+def test_the_small_volume_path_is_the_predict_stage_with_one_block(volume, tmp_path):
+    """`predict_volume` runs the deployed stage (its key, its record of completion): a rerun
+    with the same inputs has nothing to do; `--output` writes into another container."""
+    from lsdflow.core.blockwise.grid import grid_blocks
+    from lsdflow.core.blockwise.outputs import KEY_ATTR
+    from lsdflow.core.predict.blockwise import PredictStage
+
+    config = load_config("gala", PLAIN)
+    out = tmp_path / "out.zarr"
+    predict_volume(config, volume, output=out, progress=False)
+    stage = PredictStage.for_volume(config, volume, output=out, one_block=True)
+    assert len(grid_blocks(stage.total_roi(), stage.block_size())) == 1  # the whole volume, one block
+    affs = out / "volumes/pred_affs"
+    assert zarr.open(str(affs)).attrs[KEY_ATTR] == stage.key()
+    assert not (volume / "volumes/pred_affs").exists()  # the raw data's container untouched
+    before = affs.stat().st_mtime_ns, sorted(p.name for p in affs.iterdir())
+    predict_volume(config, volume, output=out, progress=False)
+    assert (affs.stat().st_mtime_ns, sorted(p.name for p in affs.iterdir())) == before

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from lsdflow.core.config import load_config
-from lsdflow.core.evaluate.checkpoint_selection import segmentation_grid, select_checkpoint
+from lsdflow.core.evaluate.checkpoint_selection import (
+    segmentation_grid,
+    select_checkpoint,
+)
 from lsdflow.core.model.checkpoints import load_model, save_training_checkpoint
 from lsdflow.core.model.networks import build_model
 
@@ -69,7 +72,7 @@ def test_select_register_promote_from_the_command_line(run_dir, tmp_path, monkey
     """`lsdflow select-checkpoint --register` makes the winner the challenger with its
     validation scores; `promote` then makes it champion; the region is on record."""
     from lsdflow.cli.main import main
-    from lsdflow.registry.model_registry import resolve_model
+    from lsdflow.registry.registration import resolve_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     workspace = tmp_path / "ws"

@@ -8,10 +8,19 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from lsdflow.core.evaluate.metrics import segmentation_scores
-from lsdflow.core.segment.find_segments import apply_lut, read_lut, segment_luts, write_luts
-from lsdflow.core.segment.in_memory import fragments_from_affinities, quiet_stdout, scoring_function
+from lsdflow.core.segment.find_segments import (
+    apply_lut,
+    read_lut,
+    segment_luts,
+    write_luts,
+)
 from lsdflow.core.segment.merge_history import edge_merge_scores
 from lsdflow.core.segment.region_merging import boundary_statistics
+from lsdflow.core.segment.watershed import (
+    fragments_from_affinities,
+    quiet_stdout,
+    scoring_function,
+)
 from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
 
 

@@ -197,7 +197,7 @@ def test_process_acquisition_end_to_end_and_fully_cached_rerun(prefect_api, tmp_
 def test_train_and_promote_flows(prefect_api, tmp_path, monkeypatch):
     """train → registered challenger; promote → evaluated on validation data, champion."""
     from lsdflow.flows.models import promote, train
-    from lsdflow.registry.model_registry import resolve_model
+    from lsdflow.registry.registration import resolve_model
 
     from .conftest import TINY_NET
 

@@ -25,8 +25,12 @@ from lsdflow.core.io.intensity import (
 )
 from lsdflow.core.io.volumes import open_array, write_array
 from lsdflow.core.model.checkpoints import load_model, write_model_file
-from lsdflow.core.predict.blockwise import predict_blockwise, prediction_key
-from lsdflow.core.predict.in_memory import predict_volume, recorded_input_shift
+from lsdflow.core.predict.attributes import recorded_input_shift
+from lsdflow.core.predict.blockwise import (
+    predict_blockwise,
+    predict_volume,
+    prediction_key,
+)
 
 from .conftest import TINY
 

@@ -15,7 +15,7 @@ from lsdflow.core.io.convert import convert
 from lsdflow.core.io.volumes import VolumeError, list_datasets, open_array
 from lsdflow.core.model.checkpoints import export_model
 from lsdflow.core.model.networks import build_model
-from lsdflow.core.predict.in_memory import predict_volume
+from lsdflow.core.predict.blockwise import predict_volume
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_a_model_file_that_carries_its_validation_threshold_sets_the_default_thr
     """The shipped medulla model carries the threshold chosen on medulla validation; a
     volume predicted with such a file is segmented at that threshold unless told otherwise."""
     from lsdflow.core.model.checkpoints import load_model, write_model_file
-    from lsdflow.core.segment.in_memory import default_thresholds
+    from lsdflow.core.segment.threshold_selection import default_thresholds
 
     from .conftest import TINY
 

@@ -13,7 +13,8 @@ from lsdflow.core.config import load_config
 from lsdflow.core.io.volumes import open_array
 from lsdflow.core.model.checkpoints import input_normalization, load_model
 from lsdflow.core.predict.augmentation import MIRRORINGS
-from lsdflow.core.predict.in_memory import predict_array, predict_volume
+from lsdflow.core.predict.blockwise import predict_volume
+from lsdflow.core.predict.tiling import predict_array
 from lsdflow.core.segment.quality_estimate import (
     HALVES,
     describe,

@@ -8,13 +8,18 @@ import waterz
 
 from lsdflow.core.evaluate.metrics import segmentation_scores
 from lsdflow.core.segment.find_segments import apply_lut, segment_luts
-from lsdflow.core.segment.in_memory import agglomerate, fragments_from_affinities, quiet_stdout, scoring_function
 from lsdflow.core.segment.region_merging import (
     EdgeStatistics,
     boundary_statistics,
     discretize,
     edge_scores,
     merge_history,
+)
+from lsdflow.core.segment.watershed import (
+    agglomerate,
+    fragments_from_affinities,
+    quiet_stdout,
+    scoring_function,
 )
 from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
 

@@ -12,7 +12,8 @@ import zarr
 from lsdflow.cli.main import main
 from lsdflow.core.config import load_config
 from lsdflow.core.model.checkpoints import load_model
-from lsdflow.registry.model_registry import RegistryError, load_registered_model, resolve_model
+from lsdflow.registry.registration import load_registered_model, resolve_model
+from lsdflow.registry.tracking import RegistryError
 
 from .conftest import ROOT, TINY_NET
 
@@ -116,7 +117,7 @@ def test_the_installed_demo_registers_the_champion_with_its_validation_scores(wo
 
 
 def test_loading_by_alias_restores_identical_weights(workspace):
-    from lsdflow.registry.model_registry import register_model
+    from lsdflow.registry.registration import register_model
 
     config = load_config("gala", workspace=workspace)
     register_model(SHIPPED, config, workspace, alias="champion")
@@ -135,7 +136,7 @@ def test_each_workspace_keeps_its_own_store_and_artifacts(tmp_path, monkeypatch)
 
     from mlflow import MlflowClient
 
-    from lsdflow.registry.model_registry import register_model
+    from lsdflow.registry.registration import register_model
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
@@ -151,7 +152,7 @@ def test_each_workspace_keeps_its_own_store_and_artifacts(tmp_path, monkeypatch)
 
 
 def test_a_moved_workspace_still_resolves_its_models(workspace, tmp_path):
-    from lsdflow.registry.model_registry import register_model
+    from lsdflow.registry.registration import register_model
 
     register_model(SHIPPED, load_config("gala", workspace=workspace), workspace, alias="champion")
     moved = tmp_path / "moved" / "ws"
@@ -162,21 +163,21 @@ def test_a_moved_workspace_still_resolves_its_models(workspace, tmp_path):
     assert registered.file.is_relative_to(moved) and load_model(registered.file)[1]["iteration"] == 13750
     # every artifact location now names the moved workspace (the MLflow UI finds them too),
     # and a copy writes into itself, not into the original
-    from lsdflow.registry.model_registry import _client
+    from lsdflow.registry.tracking import client_for
 
-    client = _client(moved)
+    client = client_for(moved)
     assert client.get_experiment_by_name("lsdflow-gala").artifact_location == (moved / "mlartifacts").resolve().as_uri()
     assert client.get_model_version("mtlsd-gala", "1").source.startswith((moved / "mlartifacts").resolve().as_uri())
     copy = tmp_path / "copy"
     shutil.copytree(moved, copy)
     before = sorted((moved / "mlartifacts").rglob("*"))
     register_model(SHIPPED, load_config("gala", workspace=copy), copy)
-    assert _client(copy).get_model_version("mtlsd-gala", "2").source.startswith((copy / "mlartifacts").resolve().as_uri())
+    assert client_for(copy).get_model_version("mtlsd-gala", "2").source.startswith((copy / "mlartifacts").resolve().as_uri())
     assert sorted((moved / "mlartifacts").rglob("*")) == before  # the original is untouched
 
 
 def test_the_demo_champion_follows_the_shipped_model_but_not_over_a_promoted_one(workspace, tmp_path):
-    from lsdflow.registry.model_registry import register_model, shipped_champion
+    from lsdflow.registry.registration import register_model, shipped_champion
 
     config = load_config("gala", workspace=workspace)
     first, message = shipped_champion(config, workspace)
@@ -199,7 +200,7 @@ def test_the_demo_champion_follows_the_shipped_model_but_not_over_a_promoted_one
 
 
 def test_missing_models_and_aliases_are_clear_errors(workspace, capsys, tmp_path):
-    from lsdflow.registry.model_registry import register_model
+    from lsdflow.registry.registration import register_model
 
     config = load_config("gala", workspace=workspace)
     with pytest.raises(RegistryError, match="no registered model 'nope'"):
@@ -210,7 +211,7 @@ def test_missing_models_and_aliases_are_clear_errors(workspace, capsys, tmp_path
     with pytest.raises(RegistryError, match="expected models:/"):
         resolve_model("mtlsd-gala@champion", workspace)
     with pytest.raises(RegistryError, match="has not been evaluated"):
-        from lsdflow.registry.model_registry import promote
+        from lsdflow.registry.promotion import promote
 
         promote("mtlsd-gala", workspace)
     assert _cli(workspace, "predict", "gala", str(tmp_path / "x.zarr"), "--model", "models:/mtlsd-gala@nope") == 2
@@ -222,7 +223,7 @@ def test_any_training_checkpoint_can_be_registered(workspace, tiny_gala_config):
     """A gunpowder checkpoint (weights + optimizer, config beside it) is registered as a
     portable model file."""
     from lsdflow.core.train.training import train
-    from lsdflow.registry.model_registry import register_model
+    from lsdflow.registry.registration import register_model
 
     config = tiny_gala_config()
     result = train(config, iterations=2, progress=False)

@@ -7,7 +7,11 @@ import pytest
 
 from lsdflow.core.evaluate.metrics import segmentation_scores
 from lsdflow.core.io.volumes import open_array
-from lsdflow.core.segment.in_memory import agglomerate, fragments_from_affinities, scoring_function
+from lsdflow.core.segment.watershed import (
+    agglomerate,
+    fragments_from_affinities,
+    scoring_function,
+)
 from lsdflow.core.train.affinities import labels_to_affinities
 
 NEIGHBORHOOD = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]

@@ -1,4 +1,5 @@
-"""segment_volume on Zarr: outputs with metadata, and bad affinities give clear errors."""
+"""segment_volume (the segmentation stages, the volume as one block) on Zarr: outputs with
+metadata, and bad affinities give clear errors."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lsdflow.core.config import load_config
 from lsdflow.core.evaluate.metrics import segmentation_scores
 from lsdflow.core.io.volumes import VolumeError, create_array, list_datasets, open_array
-from lsdflow.core.segment.in_memory import segment_volume
+from lsdflow.core.segment.blockwise import segment_volume
 from lsdflow.core.train.affinities import labels_to_affinities
+
+GALA = load_config("gala")
 
 
 @pytest.fixture
@@ -25,7 +29,7 @@ def gala_with_gt_affs(tmp_path, gala_test):
 
 
 def test_segment_volume_writes_fragments_and_segmentations(gala_with_gt_affs):
-    result = segment_volume(gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.3, 0.5])
+    result = segment_volume(GALA, gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.3, 0.5])
     datasets = list_datasets(gala_with_gt_affs)
     assert "volumes/fragments" in datasets
     assert "volumes/segmentation/hist_quant_50/0.5" in datasets
@@ -35,6 +39,25 @@ def test_segment_volume_writes_fragments_and_segmentations(gala_with_gt_affs):
     assert segmentation_scores(labels[labels.roi], seg[seg.roi]).voi_sum <= 0.05
     assert not [d for d in datasets if "partial" in d]
     assert set(result["segmentations"]) == {0.3, 0.5}
+
+
+def test_segment_volume_runs_the_blockwise_stages_with_one_block(gala_with_gt_affs):
+    """What validation selects is what is deployed: the small-volume path's outputs are the
+    segmentation stages' (their keys, their records of completion), and a rerun with the
+    same inputs finds every stage up to date."""
+    import zarr
+
+    from lsdflow.core.blockwise.outputs import KEY_ATTR
+    from lsdflow.core.segment.blockwise import BlockwiseSegmentation
+
+    result = segment_volume(GALA, gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.3, 0.5])
+    job = BlockwiseSegmentation(GALA, gala_with_gt_affs, "volumes/gt_affs", one_block=True)
+    assert job.fragments_stage.total_roi().shape == job.fragments_stage.block_size()
+    assert zarr.open(str(gala_with_gt_affs / "volumes/fragments")).attrs[KEY_ATTR] == job.fragments_key
+    assert job.relabel_done([0.3, 0.5]) is not None
+    assert result["stages"]["fragments"]["blocks"] == 1
+    again = segment_volume(GALA, gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.3, 0.5])
+    assert all(again["stages"][s].get("up_to_date") for s in ("fragments", "agglomerate", "relabel"))
 
 
 @pytest.mark.parametrize("case, message", [
@@ -55,7 +78,7 @@ def test_bad_affinities_give_a_clear_error_and_write_nothing(gala_with_gt_affs, 
         out[out.roi] = data
     before = list_datasets(container)
     with pytest.raises(VolumeError, match=message) as e:
-        segment_volume(container, "volumes/pred_affs")
+        segment_volume(GALA, container, "volumes/pred_affs")
     assert str(container) in str(e.value)
     assert list_datasets(container) == before
 
@@ -63,7 +86,7 @@ def test_bad_affinities_give_a_clear_error_and_write_nothing(gala_with_gt_affs, 
 def test_evaluate_volume_reports_every_threshold_and_the_best(gala_with_gt_affs, tmp_path):
     from lsdflow.core.evaluate.scores import evaluate_volume, format_scores
 
-    segment_volume(gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.3, 0.5, 0.7])
+    segment_volume(GALA, gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.3, 0.5, 0.7])
     report = evaluate_volume(gala_with_gt_affs, out_dir=tmp_path / "eval")
     assert [r["threshold"] for r in report["scores"]] == [0.3, 0.5, 0.7]
     assert report["best"]["voi_sum"] <= 0.05
@@ -93,7 +116,7 @@ def test_evaluate_refuses_labels_outside_the_raw_data(gala_with_gt_affs, tmp_pat
     from lsdflow.core.evaluate.scores import evaluate_volume
     from lsdflow.core.io.volumes import write_array
 
-    segment_volume(gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.5])
+    segment_volume(GALA, gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.5])
     raw = open_array(gala_with_gt_affs, "volumes/raw")
     smaller = Roi((0, 0, 0), (250, 1000, 2000))
     write_array(gala_with_gt_affs, "volumes/raw", smaller, raw.voxel_size, raw[smaller])
@@ -108,7 +131,7 @@ def test_evaluate_scores_only_the_given_region(gala_with_gt_affs, tmp_path):
 
     from lsdflow.core.evaluate.scores import evaluate_volume
 
-    segment_volume(gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.5])
+    segment_volume(GALA, gala_with_gt_affs, "volumes/gt_affs", thresholds=[0.5])
     seg = open_array(gala_with_gt_affs, "volumes/segmentation/hist_quant_50/0.5")
     # a segmentation that is wrong outside the region: one id for the right half
     data = seg[seg.roi]

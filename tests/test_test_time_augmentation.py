@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from lsdflow.core.io.volumes import open_array
-from lsdflow.core.predict.augmentation import MIRRORINGS, augmentation_margin, predict_mirrored, unmirror
+from lsdflow.core.predict.augmentation import (
+    MIRRORINGS,
+    augmentation_margin,
+    predict_mirrored,
+    unmirror,
+)
 from lsdflow.core.train.affinities import labels_to_affinities
 
 NEAREST = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
@@ -63,7 +68,7 @@ def test_augmented_prediction_of_a_network_covers_the_volume(gala_test):
     from lsdflow.core.config import load_config
     from lsdflow.core.io.intensity import Normalization, intensity_stats
     from lsdflow.core.model.networks import build_model
-    from lsdflow.core.predict.in_memory import predict_array
+    from lsdflow.core.predict.tiling import predict_array
 
     from .conftest import TINY_NET
 
@@ -87,7 +92,11 @@ def test_a_block_of_one_tile_costs_one_pass_per_mirroring():
     from lsdflow.core.config import load_config
     from lsdflow.core.model.networks import build_model
     from lsdflow.core.predict.blockwise import block_voxels, covering_voxels
-    from lsdflow.core.predict.in_memory import context_margin, predict_with_context, prediction_tile
+    from lsdflow.core.predict.tiling import (
+        context_margin,
+        predict_with_context,
+        prediction_tile,
+    )
 
     from .conftest import TINY
 

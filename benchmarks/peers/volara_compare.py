@@ -32,11 +32,11 @@ import numpy as np
 import waterz
 
 from lsdflow.core.blockwise.runner import RunSettings
-from lsdflow.core.segment.blockwise import segment_blockwise
 from lsdflow.core.config import load_config
 from lsdflow.core.evaluate.metrics import segmentation_scores
-from lsdflow.core.segment.in_memory import quiet_stdout, scoring_function
 from lsdflow.core.io.volumes import open_array
+from lsdflow.core.segment.blockwise import segment_blockwise
+from lsdflow.core.segment.watershed import quiet_stdout, scoring_function
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

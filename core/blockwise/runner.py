@@ -59,6 +59,9 @@ class RunSettings:
     block_timeout_s: float = 600.0
     launcher: str | None = None
     progress: object = True  # a bar, False, or a daisy progress observer (on_start/on_progress/on_finish)
+    # the blocks in this process, in order, without daisy or workers: the small-volume path
+    # and validation (one block covering the volume), so that they run the deployed code
+    in_process: bool = False
 
     @classmethod
     def from_config(cls, config, **changes) -> "RunSettings":
@@ -183,7 +186,7 @@ def run_stage(stage: BlockwiseStage, settings: RunSettings = RunSettings()) -> d
             shutil.rmtree(tracking / "blocks", ignore_errors=True)
         stage = stage.model_copy(update={"writing": writing, "scratch": str(tracking)})
         stage.prepare()
-        summary = stage.finish(run_blocks(stage, settings))
+        summary = stage.finish(run_in_process(stage, settings) if settings.in_process else run_blocks(stage, settings))
         for output in todo:
             output.commit(key)
         if outputs and not arrays:
@@ -204,6 +207,15 @@ def committed(stage: BlockwiseStage) -> str | None:
             return None
         parts.append(fingerprint)
     return stage_key(parts=parts)
+
+
+def run_in_process(stage: BlockwiseStage, settings: RunSettings) -> dict:
+    """Every block of `stage` in this process (`stage.process_roi`): no block tracking, no
+    retries; an error propagates as raised (bad input stays bad input)."""
+    start = time.perf_counter()
+    counts = stage.process_roi(progress=settings.progress is True)
+    return {"stage": stage.name, **counts, "resumed": 0, "failed": 0, "orphaned": 0, "workers": 0,
+            "seconds": round(time.perf_counter() - start, 3)}
 
 
 def run_blocks(stage: BlockwiseStage, settings: RunSettings) -> dict:

@@ -101,14 +101,25 @@ class BlockwiseStage(BaseModel):
         returns the summary, amended."""
         return summary
 
-    def process_roi(self, roi: Roi | None = None) -> None:
-        """The same blocks in this process, in order, without daisy (small volumes, tests);
-        outputs go where `writing` says (the runner's partials, or datasets the caller made)."""
+    def process_roi(self, roi: Roi | None = None, progress: bool = False) -> dict:
+        """The same blocks in this process, in order, without daisy (small volumes, validation,
+        tests), blocks in `skip_mask` left out; outputs go where `writing` says (the runner's
+        partials, or datasets the caller made). Returns the blocks processed and skipped."""
         roi = roi or self.total_roi()
         context = self.context()
+        blocks = grid_blocks(roi, self.block_size())
+        skip = self.skip_mask() if roi == self.total_roi() else None
+        skip = skip.ravel() if skip is not None else np.zeros(len(blocks), dtype=bool)
+        todo = [(index, write_roi) for index, write_roi in enumerate(blocks) if not skip[index]]
+        if progress and len(todo) > 1:
+            from tqdm import tqdm
+
+            todo = tqdm(todo, desc=self.name, unit="block")
         with self.opened() as worker:
-            for index, write_roi in enumerate(grid_blocks(roi, self.block_size())):
+            for index, write_roi in todo:
                 worker.process(LocalBlock(write_roi.grow(context, context), write_roi, index))
+        skipped = int(np.count_nonzero(skip))
+        return {"blocks": len(blocks), "processed": len(blocks) - skipped, "skipped": skipped}
 
     # the stage as JSON, for workers started elsewhere
     def describe(self) -> str:

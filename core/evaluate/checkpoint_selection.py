@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..config import ConfigError, LsdflowConfig, SegmentationConfig, VolumeRef
 from ..model.checkpoint_averaging import averaging_windows, write_averaged_model
 from ..model.checkpoints import list_checkpoints
-from ..predict.in_memory import predict_volume
+from ..predict.blockwise import predict_volume
 from ..view.plots import plot_checkpoint_scores
 from .validation import check_labelled_volume, copy_labelled_volume, segment_and_score
 

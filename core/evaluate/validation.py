@@ -1,5 +1,6 @@
 """Score a model on a labelled volume (or a region of one): predict → fragments +
-agglomeration → VOI/ARAND per threshold.
+agglomeration → VOI/ARAND per threshold, with the stages that the blockwise path deploys
+(the volume as one block): what is selected here is what runs on a new acquisition.
 
 The one loop behind `lsdflow demo`, `lsdflow evaluate-model` (the registry's validation)
 and `lsdflow select-checkpoint`. The work happens in a copy of the volume's raw data and
@@ -15,9 +16,10 @@ from pathlib import Path
 import zarr
 
 from ..config import LsdflowConfig, SegmentationConfig, VolumeRef
+from ..io.graphstore import default_graph_url
 from ..io.volumes import VolumeError, dataset_exists, open_array
-from ..predict.in_memory import predict_volume
-from ..segment.in_memory import segment_volume
+from ..predict.blockwise import predict_volume
+from ..segment.blockwise import segment_volume
 from .scores import evaluate_volume
 
 
@@ -35,9 +37,11 @@ def check_labelled_volume(config: LsdflowConfig, volume: VolumeRef) -> None:
 
 
 def copy_labelled_volume(config: LsdflowConfig, volume: VolumeRef, work: Path) -> Path:
-    """A fresh copy of the volume's raw data and labels at `work`."""
+    """A fresh copy of the volume's raw data and labels at `work` (and no region graph of an
+    earlier copy beside it)."""
     if work.exists():
         shutil.rmtree(work)
+    Path(default_graph_url(work).removeprefix("sqlite:///")).unlink(missing_ok=True)
     for dataset in (config.data.raw_dataset, config.data.labels_dataset):
         shutil.copytree(volume.path / dataset, work / dataset)
     zarr.open_group(str(work), mode="a")
@@ -55,10 +59,7 @@ def segment_and_score(
     (default: the config's) and score every threshold within `roi`."""
     seg = segmentation or config.segmentation
     shutil.rmtree(work / "volumes" / "segmentation", ignore_errors=True)  # earlier settings' results
-    segment_volume(
-        work, thresholds=seg.thresholds, merge_function=seg.merge_function, fragments_in_xy=config.fragments_in_xy(seg),
-        min_seed_distance=seg.min_seed_distance, filter_fragments=seg.filter_fragments,
-    )
+    segment_volume(config, work, thresholds=seg.thresholds, segmentation=seg)
     return evaluate_volume(work, seg.merge_function, config.data.labels_dataset, out_dir=out_dir, roi=roi)
 
 

@@ -24,13 +24,26 @@ from ..blockwise.outputs import ArrayOutput, stage_key
 from ..blockwise.runner import RunSettings, grid_blocks, run_stage
 from ..blockwise.stage import BlockwiseStage, nm, roi_field, roi_of
 from ..config import check_voxel_size
-from ..io.input_checks import check_finite, check_not_constant, check_writable
+from ..io.input_checks import (
+    PREDICT_BYTES_PER_VOXEL,
+    check_finite,
+    check_fits_in_memory,
+    check_not_constant,
+    check_writable,
+)
 from ..io.intensity import Normalization, scaled_intensities
 from ..io.layout import prediction_dataset
-from ..io.volumes import VolumeError, container_identity, dataset_fingerprint, open_array, voxel_slices
+from ..io.volumes import (
+    VolumeError,
+    container_identity,
+    dataset_fingerprint,
+    open_array,
+    voxel_slices,
+)
 from ..model.checkpoints import input_normalization, input_shift, load_model
 from ..model.devices import share_cores, worker_device
-from .in_memory import context_margin, predict_with_context, prediction_attrs, prediction_tile
+from .attributes import prediction_attrs
+from .tiling import context_margin, predict_with_context, prediction_tile
 
 CODE_VERSION = "blockwise-predict-2"  # 2: tiles grown by the test-time augmentation margin
 
@@ -60,6 +73,9 @@ class PredictStage(BlockwiseStage):
     mask_dataset: str | None = None
     attrs: dict = {}  # what every prediction dataset records (the model, its lineage, the input)
     lineage: dict = {}
+    raw_container: str | None = None  # where the raw data is, when not in `container` (the outputs')
+    chunk_voxels: tuple[int, int, int] | None = None  # of the outputs; default one chunk per block
+    tile_progress: bool = False  # a bar over the network passes (one-block runs)
     # a worker's open model and arrays (`opened`)
     _model: object = PrivateAttr(None)
     _device: str | None = PrivateAttr(None)
@@ -70,22 +86,31 @@ class PredictStage(BlockwiseStage):
     @classmethod
     def for_volume(cls, config, container, model_file=None, output_dtype: str | None = None,
                    device: str | None = None, extra_attrs: dict | None = None,
-                   workers_per_machine: int = 1) -> "PredictStage":
+                   workers_per_machine: int = 1, output=None, one_block: bool = False,
+                   tile_progress: bool = False) -> "PredictStage":
         """The stage for `container` with this config and model; a missing or broken model,
         a voxel size unlike the config's, constant raw data or a read-only container fail
-        here, before any output."""
+        here, before any output. `output`: another container to write to; `one_block`: the
+        whole volume as one block (the in-memory path), written in chunks of 64 voxels."""
         container = Path(container).resolve()
+        output = Path(output).resolve() if output else container
         bw = config.blockwise
         model_file = Path(model_file or config.prediction.checkpoint or "")
         raw = open_array(container, config.data.raw_dataset)
         check_voxel_size(config, tuple(raw.voxel_size), f"{container}/{config.data.raw_dataset}")
         model, meta = load_model(model_file)
-        check_writable(container)
+        check_writable(output)
         dtype = output_dtype or config.prediction.output_dtype
         # the model file defines the network; the config the data and the prediction tile
         input_shape, output_shape = config.with_model(model.config).prediction_shapes
         augment = config.prediction.test_time_augmentation
-        block = block_voxels(model, input_shape, output_shape, bw.prediction_tiles, augment)
+        volume = raw.roi.shape / raw.voxel_size
+        if one_block:
+            block = covering_voxels(model, input_shape, output_shape, augment, volume)
+            chunks = tuple(min(64, v) for v in volume)
+        else:
+            block = block_voxels(model, input_shape, output_shape, bw.prediction_tiles, augment)
+            chunks = None
         normalization = input_normalization(raw, config.prediction.normalization, model_file, meta)
         if normalization.std <= 1e-6:  # the sampled chunks are all of one intensity: look further before refusing
             check_not_constant(*_intensity_range(raw._source_data), f"{container}/{config.data.raw_dataset}")
@@ -95,7 +120,9 @@ class PredictStage(BlockwiseStage):
         attrs["intensity_shift"] = input_shift(raw, model_file, meta)  # label-free: unlike the training data?
         attrs.update(extra_attrs or {})  # e.g. the registered model's lineage
         return cls(
-            container=str(container), raw_dataset=config.data.raw_dataset, model_file=str(model_file.resolve()),
+            container=str(output), raw_container=None if output == container else str(container),
+            raw_dataset=config.data.raw_dataset, chunk_voxels=chunks, tile_progress=tile_progress,
+            model_file=str(model_file.resolve()),
             channels=dict(zip(model.outputs, _output_channels(model, input_shape))),
             input_shape=tuple(input_shape), output_shape=tuple(output_shape), roi=roi_field(raw.roi),
             voxel_size=tuple(raw.voxel_size), block_voxels=tuple(block),
@@ -118,7 +145,8 @@ class PredictStage(BlockwiseStage):
     def key(self) -> str:
         return stage_key(
             stage="predict", code=CODE_VERSION, container=container_identity(self.container),
-            raw=dataset_fingerprint(self.container, self.raw_dataset),
+            raw=dataset_fingerprint(self.source, self.raw_dataset),
+            **({} if self.raw_container is None else {"raw_container": container_identity(self.raw_container)}),
             model=_file_sha256(Path(self.model_file)), input_shape=self.input_shape, output_shape=self.output_shape,
             dtype=self.dtype, block=tuple(self.block_size()), mask=self.mask_dataset, lineage=self.lineage,
             augment=self.augment,
@@ -126,14 +154,19 @@ class PredictStage(BlockwiseStage):
             **({} if self.normalization_setting == "zscore" else {"normalization": self.normalization_setting}),
         )
 
+    @property
+    def source(self) -> str:
+        """The container with the raw data."""
+        return self.raw_container or self.container
+
     def outputs(self) -> list[ArrayOutput]:
         return [ArrayOutput(prediction_dataset(name), self.total_roi(), nm(self.voxel_size), self.dtype,
-                            self.block_voxels, num_channels=channels, attrs=dict(self.attrs))
+                            self.chunk_voxels or self.block_voxels, num_channels=channels, attrs=dict(self.attrs))
                 for name, channels in self.channels.items()]
 
     def skip_mask(self):
-        raw = open_array(self.container, self.raw_dataset)
-        mask = open_array(self.container, self.mask_dataset) if self.mask_dataset else None
+        raw = open_array(self.source, self.raw_dataset)
+        mask = open_array(self.source, self.mask_dataset) if self.mask_dataset else None
         return empty_block_mask(raw, self.total_roi(), self.block_size(), mask)
 
     @contextmanager
@@ -143,7 +176,7 @@ class PredictStage(BlockwiseStage):
         if self._device == "cpu":
             share_cores(self.workers_per_machine)
         self._model, _ = load_model(self.model_file, self._device)
-        self._raw = open_array(self.container, self.raw_dataset)
+        self._raw = open_array(self.source, self.raw_dataset)
         self._outputs = {name: open_array(self.container, self.writing[prediction_dataset(name)], mode="r+")
                          for name in self.channels if prediction_dataset(name) in self.writing}
         self._normalization = Normalization(**self.normalization)
@@ -173,13 +206,13 @@ class PredictStage(BlockwiseStage):
             empty_dir.mkdir(parents=True, exist_ok=True)
             (empty_dir / f"{block.block_id[1]}").touch()
             return  # outputs keep their fill value 0
-        check_finite(raw, f"{stage.container}/{stage.raw_dataset} in {inside}")
+        check_finite(raw, f"{stage.source}/{stage.raw_dataset} in {inside}")
         normalized = np.zeros(tuple(full.shape / vs), dtype=np.float32)  # 0 = the mean
         where = voxel_slices(inside, full, vs)
         normalized[where] = self._normalization(scaled_intensities(raw, np.float32))
         results = predict_with_context(
             self._model, normalized, stage.input_shape, stage.output_shape, stage.batch_size, self._device,
-            augment=stage.augment,
+            progress=stage.tile_progress, augment=stage.augment,
         )
         crop = (slice(None),) + tuple(slice(0, s) for s in block.write_roi.shape / vs)
         for name, data in zip(self._model.outputs, results):
@@ -198,14 +231,53 @@ def predict_blockwise(
     settings: RunSettings | None = None,
     device: str | None = None,
     extra_attrs: dict | None = None,
+    output=None,
 ) -> dict:
-    """Predict `volumes/pred_<output>` for the whole raw ROI block by block (see module doc)."""
+    """Predict `volumes/pred_<output>` for the whole raw ROI block by block (see module doc),
+    into `output` (another container) when given."""
     settings = settings or RunSettings.from_config(config)
     stage = PredictStage.for_volume(config, container, model_file, output_dtype, device, extra_attrs,
-                                    workers_per_machine=1 if settings.launcher else settings.workers)
+                                    workers_per_machine=1 if settings.launcher else settings.workers, output=output)
     summary = run_stage(stage, settings)
     written = [Path(stage.container) / o.dataset for o in stage.outputs()]
     return {"stage": summary, "written": written}
+
+
+def predict_volume(
+    config,
+    container,
+    model_file=None,
+    output=None,
+    output_dtype: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    extra_attrs: dict | None = None,
+) -> dict:
+    """Predict a whole (small) volume in this process and write `volumes/pred_<output>`
+    datasets (into `output` when given): the blockwise predict stage with the volume as
+    its one block, so that what validation measures is what the blockwise path deploys.
+
+    Outputs cover the raw ROI with its voxel size and offset; uint8 scales [0, 1] to
+    0..255. Each dataset records the model file, its iteration and config fingerprint, and
+    the stage's key: a rerun with the same inputs has nothing to do. Bad input is refused
+    before anything is written; outputs are written beside their place and renamed in.
+    Returns output name -> the dataset written."""
+    container = Path(container)
+    raw_array = open_array(container, config.data.raw_dataset)
+    check_voxel_size(config, tuple(raw_array.voxel_size), f"{container}/{config.data.raw_dataset}")
+    voxels = int(np.prod(raw_array.shape))
+    check_fits_in_memory(voxels * PREDICT_BYTES_PER_VOXEL[config.prediction.test_time_augmentation],
+                         f"{container}/{config.data.raw_dataset}: predicting {voxels / 1e6:.1f} M voxels in memory",
+                         f"predict it block by block: `lsdflow predict {config.name} {container} --blockwise`")
+    model_file = Path(model_file or config.prediction.checkpoint or "")
+    load_model(model_file)  # a missing or broken model fails before the raw data is read
+    raw = raw_array[raw_array.roi]
+    check_finite(raw, f"{container}/{config.data.raw_dataset}")
+    check_not_constant(float(raw.min()), float(raw.max()), f"{container}/{config.data.raw_dataset}")
+    stage = PredictStage.for_volume(config, container, model_file, output_dtype, device, extra_attrs,
+                                    output=output, one_block=True, tile_progress=progress)
+    run_stage(stage, RunSettings(in_process=True, progress=False))
+    return {name: Path(stage.container) / prediction_dataset(name) for name in stage.channels}
 
 
 def prediction_key(config, container, model_file, output_dtype: str | None = None, extra_attrs: dict | None = None) -> str:
@@ -296,4 +368,4 @@ def _output_channels(model, input_shape) -> list[int]:
     return [int(r.shape[1]) for r in result]
 
 
-__all__ = ["PredictStage", "VolumeError", "empty_block_mask", "predict_blockwise", "prediction_key"]
+__all__ = ["PredictStage", "VolumeError", "empty_block_mask", "predict_blockwise", "predict_volume", "prediction_key"]

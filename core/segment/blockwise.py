@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -44,12 +45,29 @@ from ..io.graphstore import (
     sample_name,
 )
 from ..io.input_checks import check_thresholds, check_writable
-from ..io.layout import FILLED_FRAGMENTS, FRAGMENTS, LUTS, PRED_AFFS, segmentation_dataset
+from ..io.layout import (
+    FILLED_FRAGMENTS,
+    FRAGMENTS,
+    LUTS,
+    PRED_AFFS,
+    segmentation_dataset,
+)
 from ..io.output_lock import output_lock
-from ..io.volumes import VolumeError, container_identity, dataset_fingerprint, open_array, voxel_slices
+from ..io.volumes import (
+    VolumeError,
+    container_identity,
+    dataset_fingerprint,
+    open_array,
+    voxel_slices,
+)
 from .find_segments import LutMapper, lut_path, read_lut, segment_luts, write_luts
-from .in_memory import as_float_affinities, fill_boundaries, fragments_with_depth, scoring_function
 from .region_merging import boundary_statistics, edge_scores
+from .watershed import (
+    as_float_affinities,
+    fill_boundaries,
+    fragments_with_depth,
+    scoring_function,
+)
 
 CODE_VERSION = "blockwise-segment-5"  # bump when a stage's results change (5: boundaries filled by fragments)
 FILL_CONTEXT = Coordinate((8, 8, 8))  # voxels around a block that its boundary filling sees
@@ -67,6 +85,7 @@ class _SegmentationStage(BlockwiseStage):
     roi: tuple[tuple[int, ...], tuple[int, ...]]  # (begin, shape) nm
     voxel_size: tuple[int, int, int]
     block_nm: tuple[int, int, int]
+    chunk_nm: tuple[int, int, int] | None = None  # of the arrays written; default one chunk per block
 
     def total_roi(self) -> Roi:
         return roi_of(self.roi)
@@ -76,7 +95,7 @@ class _SegmentationStage(BlockwiseStage):
 
     @property
     def chunk_shape(self) -> tuple[int, ...]:
-        return tuple(self.block_size() / nm(self.voxel_size))
+        return tuple(nm(self.chunk_nm or self.block_nm) / nm(self.voxel_size))
 
     def geometry(self, fragments_context: tuple[int, ...]) -> dict:
         return {"block": tuple(self.block_nm), "fragments_context": tuple(fragments_context),
@@ -303,6 +322,11 @@ class RelabelStage(_SegmentationStage):
             output[block.write_roi] = mapper.apply(*self._luts[threshold])
 
 
+def _all_finite(array) -> bool:
+    data = array[array.roi]
+    return not np.issubdtype(data.dtype, np.floating) or bool(np.isfinite(data).all())
+
+
 def _check_affinities_dataset(container: Path, dataset: str):
     affs = open_array(container, dataset)
     if len(affs.shape) != 4 or affs.shape[0] < 3:
@@ -315,24 +339,34 @@ def _check_affinities_dataset(container: Path, dataset: str):
 class BlockwiseSegmentation:
     """The segmentation stages of one volume, built from its config: each runnable on its
     own (the Prefect tasks run them one by one) or all in order (`segment_blockwise`).
+    `one_block`: the whole volume as one block, run in this process (`segment_volume`, the
+    small-volume path and validation); its region graph is a SQLite file beside the volume
+    unless `graph_url` names another.
 
     Every stage's key derives from its inputs, so a stage can tell whether its result is
     up to date without the earlier stages having run in this process."""
 
     def __init__(self, config, container, affs_dataset: str = PRED_AFFS, graph_url: str | None = None,
-                 settings: RunSettings | None = None):
+                 settings: RunSettings | None = None, segmentation=None, one_block: bool = False):
         self.container = Path(container).resolve()
         self.affs_dataset = affs_dataset
-        seg = config.segmentation
+        seg = segmentation or config.segmentation
         self.settings = settings or RunSettings.from_config(config)
         self.merge_function = seg.merge_function
         scoring_function(self.merge_function)  # unknown names fail before any work
         affs = _check_affinities_dataset(self.container, affs_dataset)
         check_writable(self.container)
         self.roi, self.voxel_size = affs.roi, affs.voxel_size
-        block_size = Coordinate(config.segmentation_block_nm)
-        fragments_context = Coordinate(config.fragments_context_nm)
         vs = self.voxel_size
+        chunk_nm = None
+        if one_block:
+            self.settings = replace(self.settings, in_process=True)
+            block_size, fragments_context = self.roi.shape, Coordinate((0,) * vs.dims)
+            chunk_nm = tuple(min(b, 64 * v) for b, v in zip(block_size, vs))
+            graph_url = graph_url or default_graph_url(self.container)
+        else:
+            block_size = Coordinate(config.segmentation_block_nm)
+            fragments_context = Coordinate(config.fragments_context_nm)
         if any(x % v for size in (block_size, fragments_context) for x, v in zip(size, vs)):
             raise VolumeError(
                 f"{self.container}/{affs_dataset}: voxel size {tuple(vs)} nm does not divide the block size "
@@ -342,9 +376,9 @@ class BlockwiseSegmentation:
         self.graph_url = credentials_to_environment(graph_url or config.blockwise.graph or default_graph_url(self.container))
         common = dict(container=str(self.container), affs_dataset=affs_dataset, graph_url=self.graph_url,
                       sample=sample_name(self.container), roi=roi_field(self.roi), voxel_size=tuple(vs),
-                      block_nm=tuple(block_size))
+                      block_nm=tuple(block_size), chunk_nm=chunk_nm)
         self.fragments_stage = FragmentsStage(
-            **common, context_nm=tuple(fragments_context), fragments_in_xy=config.fragments_in_xy(),
+            **common, context_nm=tuple(fragments_context), fragments_in_xy=config.fragments_in_xy(seg),
             min_seed_distance=seg.min_seed_distance, filter_fragments=seg.filter_fragments)
         self._common = {**common, "fragments_context_nm": tuple(fragments_context)}
 
@@ -437,14 +471,16 @@ def segment_blockwise(
     graph_url: str | None = None,
     thresholds: Sequence[float] | None = None,
     settings: RunSettings | None = None,
+    segmentation=None,
+    one_block: bool = False,
 ) -> dict:
     """fragments → agglomerate → find segments → relabel for a volume of any size.
 
     Writes `volumes/fragments`, the region graph (nodes + edges for the merge function),
     `luts/<merge_function>/<threshold>.npz` and `volumes/segmentation/<merge_function>/<threshold>`
     in `container`. Returns per-stage summaries and the written datasets."""
-    job = BlockwiseSegmentation(config, container, affs_dataset, graph_url, settings)
-    thresholds = check_thresholds(thresholds or config.segmentation.thresholds)
+    job = BlockwiseSegmentation(config, container, affs_dataset, graph_url, settings, segmentation, one_block)
+    thresholds = check_thresholds(thresholds or (segmentation or config.segmentation).thresholds)
     stages = {"fragments": job.fragments(), "agglomerate": job.agglomerate()}
     found = job.find_segments(thresholds)
     stages["find_segments"] = {k: v for k, v in found.items() if k != "luts"}
@@ -458,4 +494,27 @@ def segment_blockwise(
     }
 
 
-__all__ = ["AgglomerateStage", "BlockwiseSegmentation", "FragmentsStage", "RelabelStage", "segment_blockwise"]
+def segment_volume(
+    config,
+    container,
+    affs_dataset: str = PRED_AFFS,
+    thresholds: Sequence[float] | None = None,
+    segmentation=None,
+    graph_url: str | None = None,
+) -> dict:
+    """Segment a small volume in this process: the same stages as `segment_blockwise`, with
+    the whole volume as their one block, so that what validation measures is what the
+    blockwise path deploys. `segmentation`: settings other than the config's (validation
+    sweeps them). Returns what `segment_blockwise` returns.
+
+    The affinities are read whole here anyway: they are checked whole (finite) before any
+    output is prepared, where the blockwise path meets bad values block by block."""
+    affs = _check_affinities_dataset(Path(container), affs_dataset)
+    if not _all_finite(affs):
+        raise VolumeError(f"{container}/{affs_dataset}: the affinities contain NaN or infinite values")
+    return segment_blockwise(config, container, affs_dataset, graph_url, thresholds,
+                             RunSettings(in_process=True, progress=False), segmentation=segmentation, one_block=True)
+
+
+__all__ = ["AgglomerateStage", "BlockwiseSegmentation", "FragmentsStage", "RelabelStage", "segment_blockwise",
+           "segment_volume"]

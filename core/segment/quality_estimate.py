@@ -24,9 +24,9 @@ from ..io.intensity import scaled_intensities
 from ..io.volumes import VolumeError, open_array
 from ..model.checkpoints import input_normalization, load_model
 from ..predict.augmentation import augmentation_margin, unmirror
-from ..predict.in_memory import predict_array
-from .in_memory import agglomerate, fragments_from_affinities
+from ..predict.tiling import predict_array
 from .threshold_selection import central_crop
+from .watershed import agglomerate, fragments_from_affinities
 
 # the two halves: the second is the first composed with a flip of all three axes
 HALVES: tuple[tuple[tuple[int, ...], ...], ...] = (

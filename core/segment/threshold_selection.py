@@ -26,13 +26,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..io.layout import CHOICE_ATTRIBUTE, PRED_AFFS, PRED_LSDS, segmentation_dataset
 from ..io.volumes import dataset_exists, open_array
 from ..train.affinities import edges_inside, labels_to_affinities
-from .in_memory import default_thresholds
+
+
+def default_thresholds(container, affs_dataset: str, configured) -> list[float]:
+    """The thresholds to segment with when none are given: the best threshold found on
+    validation data for the model that predicted these affinities (recorded with the
+    affinities as `best_threshold`), else the configured list."""
+    import zarr
+
+    if not dataset_exists(container, affs_dataset):
+        return [float(t) for t in configured]  # the stage itself reports the missing dataset
+    attrs = zarr.open(str(Path(container) / affs_dataset), mode="r").attrs
+    if attrs.get("best_threshold") is not None:
+        return [float(attrs["best_threshold"])]
+    return [float(t) for t in configured]
 
 
 def _unit(array: np.ndarray) -> np.ndarray:

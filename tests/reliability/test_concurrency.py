@@ -102,7 +102,7 @@ def test_processes_starting_on_a_new_workspace_at_once_share_one_mlflow_store(tm
     runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     outputs = [run.communicate(timeout=300) for run in runs]
     assert [run.returncode for run in runs] == [0] * 4, [err[-1500:] for _, err in outputs]
-    from lsdflow.registry.model_registry import resolve_model
+    from lsdflow.registry.registration import resolve_model
 
     versions = {resolve_model(f"models:/mtlsd-gala/{v}", workspace).version for v in range(1, 5)}
     assert versions == {"1", "2", "3", "4"}

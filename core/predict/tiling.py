@@ -1,30 +1,17 @@
-"""Run a trained network over a volume held in memory (the small-volume path).
-
-The volume is z-scored like the training data, padded by the network context, cut into
-input tiles whose outputs tile the volume, and run in batches on `cuda` when available.
+"""Network passes over a region held in memory: the volume cut into input tiles whose
+outputs tile it, run in batches on `cuda` when available, optionally averaged over the 8
+mirrorings (test-time augmentation). The predict stage runs its blocks through here; so do
+the demo's quick passes and the label-free quality estimate.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import check_voxel_size
-from ..io.input_checks import (
-    PREDICT_BYTES_PER_VOXEL,
-    check_finite,
-    check_fits_in_memory,
-    check_not_constant,
-    check_writable,
-)
-from ..io.intensity import scaled_intensities
-from ..io.layout import PRED_AFFS, prediction_dataset
-from ..io.volumes import open_array, write_array
-from ..model.checkpoints import input_normalization, input_shift, load_model
 from ..model.devices import default_device
 from .augmentation import MIRRORINGS, augmentation_margin, predict_mirrored
 
@@ -156,83 +143,3 @@ def _predict_tiles(model, normalized, input_shape, output_shape, batch_size, dev
                 bar.update(len(batch_starts))
     assert outputs is not None
     return tuple(outputs)
-
-
-def recorded_input_shift(container, dataset: str = PRED_AFFS) -> float | None:
-    """The input shift recorded with a volume's predictions (`intensity.intensity_shift`)."""
-    import zarr
-
-    path = Path(container) / dataset
-    if not (path / ".zattrs").is_file():
-        return None
-    return zarr.open(str(path), mode="r").attrs.get("intensity_shift")
-
-
-def prediction_attrs(model_file, meta: dict, model, raw: str, dtype: str) -> dict:
-    """What every prediction dataset records about the model that made it."""
-    attrs = {
-        "model_file": str(Path(model_file).resolve()),
-        "model_iteration": meta.get("iteration"),
-        "model_config_fingerprint": meta.get("config_fingerprint"),
-        "model_kind": model.config.kind,
-        "raw": raw,
-        "value_scale": 255 if dtype == "uint8" else 1,
-    }
-    if meta.get("averaged_iterations"):  # weights averaged over checkpoints (checkpoint_averaging)
-        attrs["model_averaged_iterations"] = list(meta["averaged_iterations"])
-    if meta.get("best_threshold") is not None:  # chosen on validation data when the file was written
-        attrs["best_threshold"] = float(meta["best_threshold"])
-    return attrs
-
-
-def predict_volume(
-    config,
-    container,
-    model_file=None,
-    output=None,
-    output_dtype: str | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    extra_attrs: dict | None = None,
-) -> dict:
-    """Predict a whole (small) volume in memory and write `volumes/pred_<output>` datasets.
-
-    Outputs cover the raw ROI with its voxel size and offset; uint8 scales [0, 1] to
-    0..255. Each dataset records the model file, its iteration and config fingerprint.
-    Everything is checked and computed before anything is written; each dataset is
-    written beside its final place and renamed in, so a failure loses nothing."""
-    container = Path(container)
-    output = Path(output) if output else container
-    model_file = Path(model_file or config.prediction.checkpoint or "")
-    raw_array = open_array(container, config.data.raw_dataset)
-    check_voxel_size(config, tuple(raw_array.voxel_size), f"{container}/{config.data.raw_dataset}")
-    voxels = int(np.prod(raw_array.shape))
-    check_fits_in_memory(voxels * PREDICT_BYTES_PER_VOXEL[config.prediction.test_time_augmentation],
-                         f"{container}/{config.data.raw_dataset}: predicting {voxels / 1e6:.1f} M voxels in memory",
-                         f"predict it block by block: `lsdflow predict {config.name} {container} --blockwise`")
-    model, meta = load_model(model_file)
-    check_writable(output)
-    dtype = output_dtype or config.prediction.output_dtype
-    raw = raw_array[raw_array.roi]
-    check_finite(raw, f"{container}/{config.data.raw_dataset}")
-    check_not_constant(float(raw.min()), float(raw.max()), f"{container}/{config.data.raw_dataset}")
-    normalization = input_normalization(raw_array, config.prediction.normalization, model_file, meta)
-    # the model file defines the network; the config the data and the prediction tile
-    input_shape, output_shape = config.with_model(model.config).prediction_shapes
-    outputs = predict_array(
-        model, scaled_intensities(raw), input_shape, output_shape, normalization,
-        batch_size=config.prediction.batch_size, device=device, progress=progress,
-        augment=config.prediction.test_time_augmentation,
-    )
-    attrs = prediction_attrs(model_file, meta, model, f"{container}/{config.data.raw_dataset}", dtype)
-    attrs["test_time_augmentation"] = config.prediction.test_time_augmentation
-    attrs["normalization"] = normalization.kind
-    attrs["intensity_shift"] = input_shift(raw_array, model_file, meta)  # label-free: unlike the training data?
-    attrs.update(extra_attrs or {})  # e.g. the registered model's lineage
-    written = {}
-    for name, data in zip(model.outputs, outputs):
-        values = np.round(data * 255).astype(np.uint8) if dtype == "uint8" else data.astype(np.float32)
-        written[name] = write_array(
-            output, prediction_dataset(name), raw_array.roi, raw_array.voxel_size, values, attrs
-        )
-    return written

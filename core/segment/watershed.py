@@ -1,9 +1,12 @@
-"""Affinities → neuron instances: seeded watershed fragments, then waterz agglomeration.
+"""Affinities → fragments → segments on arrays in memory: the algorithms the segmentation
+stages (blockwise.py) run per block, and waterz's agglomeration of a whole array.
 
 Fragments: seeds at the maxima of the distance transform of the boundary map (where the
 mean affinity falls below 0.5), grown by watershed (scikit-image) — in 3D, or section by
 section for anisotropic data. Written here because `lsd.post` no longer imports.
-Agglomeration: waterz over the fragments' region graph, one segmentation per threshold.
+Agglomeration (`agglomerate`): waterz over the fragments' region graph, one segmentation
+per threshold: the reference that the stages' region merging equals (tests), and the
+label-free quality estimate's small crops.
 """
 
 from __future__ import annotations
@@ -12,16 +15,12 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
 from ..config import ConfigError
-from ..io.input_checks import check_thresholds, check_writable
-from ..io.layout import FRAGMENTS, PRED_AFFS, segmentation_dataset
-from ..io.volumes import VolumeError, dataset_exists, open_array, write_array
 
 HIST_QUANTILES = tuple(range(10, 100, 5))
 
@@ -204,61 +203,3 @@ def agglomerate(
             fragment_to_segment[consecutive[labelled]] = segmentation[labelled]
             results[threshold] = fragment_to_segment[filled]
     return results
-
-
-def segment_volume(
-    container,
-    affs_dataset: str = PRED_AFFS,
-    thresholds: Sequence[float] = (0.5,),
-    merge_function: str = "hist_quant_50",
-    fragments_in_xy: bool = False,
-    min_seed_distance: int = 10,
-    filter_fragments: float = 0.0,
-) -> dict:
-    """Segment a volume's affinities in memory: `volumes/fragments` and
-    `volumes/segmentation/<merge_function>/<threshold>`, all with the affinities' ROI.
-
-    The affinities are checked (present, 3+ channels, finite) before anything is written."""
-    from pathlib import Path
-
-    container = Path(container)
-    scoring_function(merge_function)  # an unknown name fails before any work
-    thresholds = check_thresholds(thresholds)
-    affs_array = open_array(container, affs_dataset)
-    check_writable(container)
-    if len(affs_array.shape) != 4 or affs_array.shape[0] < 3:
-        raise VolumeError(
-            f"{container}/{affs_dataset}: expected affinities (3 channels, z, y, x), "
-            f"found shape {tuple(affs_array.shape)}"
-        )
-    affs = affs_array[affs_array.roi]
-    try:
-        _check_affinities(affs)
-    except ValueError as e:
-        raise VolumeError(f"{container}/{affs_dataset}: {e}") from None
-    fragments = fragments_from_affinities(affs, fragments_in_xy, min_seed_distance, filter_fragments)
-    segmentations = agglomerate(affs, fragments, thresholds, merge_function)
-    attrs = {"affinities": f"{container}/{affs_dataset}", "merge_function": merge_function,
-             "fragments_in_xy": fragments_in_xy, "min_seed_distance": min_seed_distance}
-    outputs = {FRAGMENTS: fragments}
-    for threshold, segmentation in segmentations.items():
-        outputs[segmentation_dataset(merge_function, threshold)] = segmentation
-    written = {
-        dataset: write_array(container, dataset, affs_array.roi, affs_array.voxel_size, data, attrs)
-        for dataset, data in outputs.items()
-    }
-    return {"fragments": fragments, "segmentations": segmentations, "written": written}
-
-
-def default_thresholds(container, affs_dataset: str, configured) -> list[float]:
-    """The thresholds to segment with when none are given: the best threshold found on
-    validation data for the model that predicted these affinities (recorded with the
-    affinities as `best_threshold`), else the configured list."""
-    import zarr
-
-    if not dataset_exists(container, affs_dataset):
-        return [float(t) for t in configured]  # the stage itself reports the missing dataset
-    attrs = zarr.open(str(Path(container) / affs_dataset), mode="r").attrs
-    if attrs.get("best_threshold") is not None:
-        return [float(attrs["best_threshold"])]
-    return [float(t) for t in configured]
