@@ -5,8 +5,10 @@ Each config splits its labelled volume into a validation region (where every cho
 made) and a test region (reported). For each dataset:
 
   models          each model (default: the shipped gala champion; `--model NAME=FILE`
-                  adds others) → seeded watershed fragments → waterz (config's merge
-                  function); VOI/ARAND at the threshold chosen on validation, at the
+                  adds others) through the platform's validation path, the code that
+                  `select-checkpoint` and `evaluate-model` choose by: the whole volume
+                  predicted and segmented by the deployed stages (core/evaluate/validation.py;
+                  uint8 predictions, the config's fragments and merge function); VOI/ARAND at the threshold chosen on validation, at the
                   threshold carried over from gala's validation region (medulla), at the
                   threshold each label-free criterion chooses on the test region itself
                   (core/segment/threshold_selection.py; its regret = VOI sum there minus the best),
@@ -16,8 +18,10 @@ made) and a test region (reported). For each dataset:
   gt affinities   the same post-processing fed with affinities computed from the labels
                   (what post-processing loses when the affinities are right)
 
-Prediction covers the bounding box of both regions plus the network's context; the
-label-free quality estimate (affinity uncertainty, criterion value) is printed for each
+Before 2026-12-07 models were predicted over the bounding box of both regions plus the
+network's context and segmented there in float32: up to 0.08 VOI away from the platform's
+scores on medulla validation (docs/training.md), so tables made before then are not
+comparable with later ones to that precision. The label-free quality estimate (affinity uncertainty, criterion value) is printed for each
 region so that it can be compared with the true VOI. Prints tables and writes JSON.
 
     python benchmarks/quality_baselines.py [--config gala --config medulla]
@@ -28,25 +32,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import zarr
 from funlib.geometry import Roi
 from skimage.filters import gaussian
 from skimage.measure import label
 from skimage.morphology import h_minima
 from skimage.segmentation import watershed
 
-from lsdflow.core.config import ModelConfig, load_config
+from lsdflow.core.config import VolumeRef, load_config
 from lsdflow.core.evaluate.metrics import segmentation_scores
-from lsdflow.core.io.volumes import open_array, voxel_slices
-from lsdflow.core.model.checkpoints import (
-    describe_model,
-    input_normalization,
-    load_model,
-)
-from lsdflow.core.predict.tiling import predict_array
+from lsdflow.core.evaluate.validation import copy_labelled_volume
+from lsdflow.core.io.layout import PRED_AFFS, PRED_LSDS, segmentation_dataset
+from lsdflow.core.io.volumes import dataset_exists, open_array, voxel_slices
+from lsdflow.core.model.checkpoints import describe_model, load_model
+from lsdflow.core.predict.blockwise import predict_volume
+from lsdflow.core.segment.blockwise import segment_volume
 from lsdflow.core.segment.threshold_selection import (
     affinity_uncertainty,
     choose,
@@ -112,22 +117,32 @@ def _box(config, regions) -> Roi:
     return box.grow(context, context).intersect(raw.roi)
 
 
-def _cached(cache: Path | None, key: list, compute) -> dict:
-    """Predictions kept in `cache` (an .npz per model, volume region and settings), so
-    that a rerun of the scoring does not predict again."""
-    if cache is None:
-        return compute()
-    import hashlib
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
-    path = cache / (hashlib.sha256(json.dumps(key, default=str).encode()).hexdigest()[:16] + ".npz")
-    if path.is_file():
-        with np.load(path) as stored:
-            return dict(stored)
-    result = compute()
-    cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path.with_suffix(".partial.npz"), **result)
-    path.with_suffix(".partial.npz").replace(path)
-    return result
+
+def platform_outputs(config, model_file: Path, volume: Path, box: Roi, work: Path):
+    """(affinities, LSDs or None, {threshold: segmentation}) within `box`, made by the
+    platform's validation path in a working copy of `volume` at `work`: the deployed
+    predict and segmentation stages over the whole volume (their keys make a rerun with
+    the same model and settings reuse what is there)."""
+    if not dataset_exists(work, config.data.raw_dataset):
+        copy_labelled_volume(config, VolumeRef(path=volume), work)
+    predict_volume(config, work, model_file=model_file, progress=False)
+    segment_volume(config, work, thresholds=config.segmentation.thresholds)
+
+    def cropped(dataset: str) -> np.ndarray:
+        return open_array(work, dataset)[box]
+
+    def prediction(dataset: str) -> np.ndarray:  # uint8 predictions record their scale (255)
+        scale = zarr.open(str(work / dataset), mode="r").attrs.get("value_scale", 1)
+        return cropped(dataset).astype(np.float32) / float(scale)
+
+    affs = prediction(PRED_AFFS)
+    lsds = prediction(PRED_LSDS) if dataset_exists(work, PRED_LSDS) else None
+    seg = config.segmentation
+    segmentations = {t: cropped(segmentation_dataset(seg.merge_function, t)) for t in seg.thresholds}
+    return affs, lsds, segmentations
 
 
 def training_time(path: Path) -> dict | None:
@@ -170,7 +185,6 @@ def dataset_results(config_name: str, models: dict[str, Path], cache: Path | Non
     raw, gt = raw_array[box], labels_array[box]
     regions = {name: voxel_slices(v.roi, box, raw_array.voxel_size) for name, v in
                (("validation", validation), ("test", test))}
-    input_shape, output_shape = config.prediction_shapes
     available = criteria(config.model.affinity_neighborhood, config.training.lsd_sigma_nm, config.data.voxel_size,
                          config.training.lsd_downsample)
     seconds, results, label_free = {}, {"validation": {}, "test": {}}, {}
@@ -178,19 +192,11 @@ def dataset_results(config_name: str, models: dict[str, Path], cache: Path | Non
 
     for name, path in models.items():
         began = time.perf_counter()
-        model, meta = load_model(path)
+        _, meta = load_model(path)
         print(f"{config_name}: {name}: {path} ({describe_model(meta)})", flush=True)
-        kind = ModelConfig.model_validate(meta["config"]["model"])
-        normalization = config.prediction.normalization
-        key = [config_name, str(Path(path).resolve()), Path(path).stat().st_mtime_ns, str(box),
-               config.prediction.test_time_augmentation, input_shape]
-        outputs = _cached(cache, key + ([normalization] if normalization != "zscore" else []),
-                          lambda: dict(zip(kind.outputs, predict_array(
-                              model, raw / 255.0, input_shape, output_shape,
-                              input_normalization(raw_array, normalization, path, meta),
-                              augment=config.prediction.test_time_augmentation))))
-        lsds, affs = outputs.get("lsds"), outputs["affs"]
-        segmentations = post_process(affs, config)
+        with tempfile.TemporaryDirectory(prefix="lsdflow-quality-") as scratch:
+            work = (cache or Path(scratch)) / f"{config_name}-{_slug(name)}.zarr"
+            affs, lsds, segmentations = platform_outputs(config, path, Path(test.path), box, work)
         seconds[name] = time.perf_counter() - began
         on_validation = best(scores(gt, segmentations, regions["validation"]))
         # what models are chosen by (the champion: the best on validation)
@@ -257,7 +263,7 @@ def dataset_results(config_name: str, models: dict[str, Path], cache: Path | Non
             for c in available))
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()) + "\n", flush=True)
     return {"volume": str(test.path), "validation_region": str(validation), "test_region": str(test),
-            "predicted_box_nm": str(box), "models": {n: str(p) for n, p in models.items()},
+            "scored_box_nm": str(box), "scored_by": "platform validation path (whole volume, deployed stages)", "models": {n: str(p) for n, p in models.items()},
             "test_time_augmentation": config.prediction.test_time_augmentation,
             "merge_function": config.segmentation.merge_function, "thresholds": config.segmentation.thresholds,
             "choices": choices, "h_from_validation": chosen_h, "results": results, "label_free": label_free,
@@ -270,7 +276,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", default=[], metavar="NAME=FILE",
                         help="a model file to score (repeatable; default: the shipped gala champion)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "quality_baselines.json")
-    parser.add_argument("--cache", type=Path, help="keep predictions here and reuse them on the next run")
+    parser.add_argument("--cache", type=Path, help="keep the working copies (predictions, segmentations) here; a rerun with the same "
+                        "model and settings reuses them")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a setting of every config, e.g. prediction.normalization=\"match_training\"")
     args = parser.parse_args()
