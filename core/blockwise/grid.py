@@ -14,6 +14,12 @@ def block_index(block_write_roi: Roi, total_roi: Roi, block_size: Coordinate) ->
     return int(np.ravel_multi_index(tuple(position), grid))
 
 
+def one_block_chunks(shape_voxels) -> tuple[int, ...]:
+    """Chunks of the outputs of a stage run as one block (the small-volume path): 64 voxels
+    per axis, as every other lsdflow array, whatever the block's size."""
+    return tuple(min(64, int(v)) for v in shape_voxels)
+
+
 def grid_blocks(total_roi: Roi, block_size: Coordinate) -> list[Roi]:
     """Write ROIs of all blocks in grid order, the last ones shrunk to the total ROI."""
     grid = tuple(-(-s // b) for s, b in zip(total_roi.shape, block_size))

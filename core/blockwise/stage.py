@@ -58,6 +58,11 @@ class BlockwiseStage(BaseModel):
     def context(self) -> Coordinate:
         return Coordinate((0,) * self.total_roi().dims)
 
+    def in_one_block(self) -> bool:
+        """The whole volume is one block (the small-volume path): `check` may read all of
+        its input, which the block reads anyway."""
+        return len(grid_blocks(self.total_roi(), self.block_size())) == 1
+
     def skip_mask(self) -> np.ndarray | None:
         """Per block in grid order, 1 = nothing to do (e.g. no raw data there)."""
         return None

@@ -20,6 +20,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from pydantic import PrivateAttr
 
+from ..blockwise.grid import one_block_chunks
 from ..blockwise.outputs import ArrayOutput, stage_key
 from ..blockwise.runner import RunSettings, grid_blocks, run_stage
 from ..blockwise.stage import BlockwiseStage, nm, roi_field, roi_of
@@ -107,7 +108,7 @@ class PredictStage(BlockwiseStage):
         volume = raw.roi.shape / raw.voxel_size
         if one_block:
             block = covering_voxels(model, input_shape, output_shape, augment, volume)
-            chunks = tuple(min(64, v) for v in volume)
+            chunks = one_block_chunks(volume)
         else:
             block = block_voxels(model, input_shape, output_shape, bw.prediction_tiles, augment)
             chunks = None
@@ -163,6 +164,13 @@ class PredictStage(BlockwiseStage):
         return [ArrayOutput(prediction_dataset(name), self.total_roi(), nm(self.voxel_size), self.dtype,
                             self.chunk_voxels or self.block_voxels, num_channels=channels, attrs=dict(self.attrs))
                 for name, channels in self.channels.items()]
+
+    def check(self) -> None:
+        if self.in_one_block():  # blockwise runs meet bad values block by block, as bad input
+            raw = open_array(self.source, self.raw_dataset)
+            data = raw[raw.roi]
+            check_finite(data, f"{self.source}/{self.raw_dataset}")
+            check_not_constant(float(data.min()), float(data.max()), f"{self.source}/{self.raw_dataset}")
 
     def skip_mask(self):
         raw = open_array(self.source, self.raw_dataset)
@@ -264,16 +272,12 @@ def predict_volume(
     Returns output name -> the dataset written."""
     container = Path(container)
     raw_array = open_array(container, config.data.raw_dataset)
-    check_voxel_size(config, tuple(raw_array.voxel_size), f"{container}/{config.data.raw_dataset}")
     voxels = int(np.prod(raw_array.shape))
     check_fits_in_memory(voxels * PREDICT_BYTES_PER_VOXEL[config.prediction.test_time_augmentation],
                          f"{container}/{config.data.raw_dataset}: predicting {voxels / 1e6:.1f} M voxels in memory",
                          f"predict it block by block: `lsdflow predict {config.name} {container} --blockwise`")
-    model_file = Path(model_file or config.prediction.checkpoint or "")
-    load_model(model_file)  # a missing or broken model fails before the raw data is read
-    raw = raw_array[raw_array.roi]
-    check_finite(raw, f"{container}/{config.data.raw_dataset}")
-    check_not_constant(float(raw.min()), float(raw.max()), f"{container}/{config.data.raw_dataset}")
+    # the voxel size, the model and the output are checked here; the whole raw data by the
+    # stage's `check`, before any output and only when the stage has work to do
     stage = PredictStage.for_volume(config, container, model_file, output_dtype, device, extra_attrs,
                                     output=output, one_block=True, tile_progress=progress)
     run_stage(stage, RunSettings(in_process=True, progress=False))

@@ -32,6 +32,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from pydantic import PrivateAttr
 
+from ..blockwise.grid import one_block_chunks
 from ..blockwise.outputs import ArrayOutput, GraphOutput, stage_key
 from ..blockwise.runner import RunSettings, block_index, committed, run_stage
 from ..blockwise.stage import BlockwiseStage, nm, roi_field, roi_of
@@ -116,6 +117,13 @@ class FragmentsStage(_SegmentationStage):
 
     def context(self) -> Coordinate:
         return nm(self.context_nm)
+
+    def check(self) -> None:
+        if self.in_one_block():  # blockwise runs meet bad values block by block, as bad input
+            affs = open_array(self.container, self.affs_dataset)
+            data = affs[affs.roi]
+            if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+                raise VolumeError(f"{self.container}/{self.affs_dataset}: the affinities contain NaN or infinite values")
 
     def key(self) -> str:
         return stage_key(
@@ -322,11 +330,6 @@ class RelabelStage(_SegmentationStage):
             output[block.write_roi] = mapper.apply(*self._luts[threshold])
 
 
-def _all_finite(array) -> bool:
-    data = array[array.roi]
-    return not np.issubdtype(data.dtype, np.floating) or bool(np.isfinite(data).all())
-
-
 def _check_affinities_dataset(container: Path, dataset: str):
     affs = open_array(container, dataset)
     if len(affs.shape) != 4 or affs.shape[0] < 3:
@@ -362,7 +365,7 @@ class BlockwiseSegmentation:
         if one_block:
             self.settings = replace(self.settings, in_process=True)
             block_size, fragments_context = self.roi.shape, Coordinate((0,) * vs.dims)
-            chunk_nm = tuple(min(b, 64 * v) for b, v in zip(block_size, vs))
+            chunk_nm = tuple(Coordinate(one_block_chunks(block_size / vs)) * vs)
             graph_url = graph_url or default_graph_url(self.container)
         else:
             block_size = Coordinate(config.segmentation_block_nm)
@@ -505,13 +508,7 @@ def segment_volume(
     """Segment a small volume in this process: the same stages as `segment_blockwise`, with
     the whole volume as their one block, so that what validation measures is what the
     blockwise path deploys. `segmentation`: settings other than the config's (validation
-    sweeps them). Returns what `segment_blockwise` returns.
-
-    The affinities are read whole here anyway: they are checked whole (finite) before any
-    output is prepared, where the blockwise path meets bad values block by block."""
-    affs = _check_affinities_dataset(Path(container), affs_dataset)
-    if not _all_finite(affs):
-        raise VolumeError(f"{container}/{affs_dataset}: the affinities contain NaN or infinite values")
+    sweeps them). Returns what `segment_blockwise` returns."""
     return segment_blockwise(config, container, affs_dataset, graph_url, thresholds,
                              RunSettings(in_process=True, progress=False), segmentation=segmentation, one_block=True)
 
