@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import sparse
 
+from ..segment.unique_ids import unique_inverse
+
 
 @dataclass(frozen=True)
 class SegmentationScores:
@@ -39,8 +41,8 @@ def contingency_table(ground_truth: np.ndarray, segmentation: np.ndarray) -> spa
     gt = ground_truth.ravel()
     seg = segmentation.ravel()
     keep = gt != 0
-    _, gt_ids = np.unique(gt[keep], return_inverse=True)
-    _, seg_ids = np.unique(seg[keep], return_inverse=True)
+    _, gt_ids = unique_inverse(gt[keep])
+    _, seg_ids = unique_inverse(seg[keep])
     counts = np.ones(gt_ids.size, dtype=np.float64)
     shape = (int(gt_ids.max(initial=-1)) + 1, int(seg_ids.max(initial=-1)) + 1)
     return sparse.csr_array(sparse.coo_array((counts, (gt_ids, seg_ids)), shape=shape))

