@@ -5,7 +5,7 @@ augmentations (mirrorings {(), z, y, x} against {zyx, yx, zx, zy}), the input sh
 the affinity uncertainty. Prints a table and writes JSON.
 
     python benchmarks/quality_estimate.py --model gala=data/pretrained/gala_mtlsd.pt:0.15 \
-        --model medulla=data/pretrained/medulla_mtlsd.pt:0.1
+        --model medulla=data/pretrained/medulla_mtlsd.pt:0.2
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from lsdflow.core.model.checkpoints import input_shift, load_model
 from lsdflow.core.config import load_config
 from lsdflow.core.evaluate.metrics import segmentation_scores
+from lsdflow.core.io.volumes import open_array
+from lsdflow.core.model.checkpoints import input_shift, load_model
 from lsdflow.core.segment.quality_estimate import halves_affinities, segment_at, tta_disagreement
 from lsdflow.core.segment.threshold_selection import affinity_uncertainty, central_crop
-from lsdflow.core.io.volumes import open_array
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -122,7 +122,7 @@ BENCHMARKS: dict[str, Benchmark] = {
                 Ratio("medulla test: best model / raw watershed (VOI sum)", _quality("medulla"), 1.0, False))),
     "quality_estimate": Benchmark(
         "quality_estimate.py",
-        args=["--model", "gala=data/pretrained/gala_mtlsd.pt:0.15", "--model", "medulla=data/pretrained/medulla_mtlsd.pt:0.1"],
+        args=["--model", "gala=data/pretrained/gala_mtlsd.pt:0.15", "--model", "medulla=data/pretrained/medulla_mtlsd.pt:0.2"],
         tiny=["--model", "gala=data/pretrained/gala_mtlsd.pt:0.15", "--datasets", "gala", "--regions", "validation",
               "--crop", "40"],
         ratios=(Ratio("label-free quality estimate: correlation with the true VOI sum",

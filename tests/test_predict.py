@@ -114,7 +114,7 @@ def test_a_model_file_that_carries_its_validation_threshold_sets_the_default_thr
     from .conftest import TINY
 
     _, shipped = load_model(load_config("medulla").prediction.checkpoint)
-    assert shipped["best_threshold"] == 0.1 and len(shipped["intensity_reference"]) > 0
+    assert shipped["best_threshold"] == 0.2 and len(shipped["intensity_reference"]) > 0
     state = torch.load(tiny_model, map_location="cpu", weights_only=False)["model_state_dict"]
     config = load_config("gala", [*TINY, "prediction.test_time_augmentation=false"])
     model_file = write_model_file(state, config, tmp_path / "with_threshold.pt", 0, best_threshold=0.3)
