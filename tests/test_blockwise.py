@@ -313,3 +313,25 @@ def test_shipped_model_affinities_blockwise_matches_in_memory_at_every_threshold
         assert segmentation_scores(same_fragments[t][on_fragments], blockwise[on_fragments]).voi_sum == 0.0, t
         # measured 0.010 at 0.02, 0.004 at 0.05, <= 0.003 above (32 voxels of fragments context)
         assert segmentation_scores(in_memory[t][labelled], blockwise[labelled]).voi_sum <= 0.02, t
+
+
+def test_stages_run_on_worker_processes_kept_between_them(tmp_path):
+    """Local workers run in pooled processes that outlive a stage (no interpreter start and
+    imports per stage); a pooled process that is gone is replaced, and the run still works."""
+    def pooled_pids(where) -> set[int]:
+        return {int(p.stem.removeprefix("pooled-")) for p in where.rglob("pooled-*.log")}
+
+    for run in "abc":
+        (tmp_path / run).mkdir()
+    settings = RunSettings(workers=2, progress=False)
+    first = run_stage(_record_stage(tmp_path / "a", tmp_path / "no-flag"), settings)
+    assert first["processed"] == 16
+    second = run_stage(_record_stage(tmp_path / "b", tmp_path / "no-flag"), settings)
+    assert second["processed"] == 16
+    a, b = pooled_pids(tmp_path / "a"), pooled_pids(tmp_path / "b")
+    assert a and b and a & b, "the second stage ran on none of the first stage's processes"
+    for pid in pooled_pids(tmp_path):
+        os.kill(pid, signal.SIGKILL)
+    third = run_stage(_record_stage(tmp_path / "c", tmp_path / "no-flag"), settings)
+    assert third["processed"] == 16 and third["failed"] == 0
+    assert sorted(_processed(tmp_path / "c")) == list(range(16))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,9 @@ def main() -> None:
     parser.add_argument("--volara-python", default=str(HERE / ".venv-volara" / "bin" / "python"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    # absolute, not resolved: volara runs in another working directory, and resolving the
+    # venv's interpreter symlink would lose the venv
+    args.volara_python = os.path.abspath(args.volara_python)
     if not Path(args.volara_python).exists():
         sys.exit(f"lsdflow: error: {args.volara_python}: no volara environment; `make peers` creates it")
     workdir = Path(tempfile.mkdtemp(prefix="lsdflow-peers-"))

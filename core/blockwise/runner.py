@@ -42,6 +42,7 @@ from ..io.volumes import VolumeError
 from .grid import block_index, grid_blocks  # noqa: F401 - the grid of a stage's blocks
 from .outputs import ArrayOutput, stage_key
 from .stage import BlockwiseStage, load_stage
+from .worker_pool import worker_pool
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ class RunSettings:
     # the blocks in this process, in order, without daisy or workers: the small-volume path
     # and validation (one block covering the volume), so that they run the deployed code
     in_process: bool = False
+    # local workers run in processes kept between stages (worker_pool.py): no interpreter
+    # start and imports per stage and worker
+    reuse_workers: bool = True
 
     @classmethod
     def from_config(cls, config, **changes) -> "RunSettings":
@@ -218,6 +222,20 @@ def run_in_process(stage: BlockwiseStage, settings: RunSettings) -> dict:
             "seconds": round(time.perf_counter() - start, 3)}
 
 
+def _run_task(task, name: str, settings: RunSettings, tracking: Path):
+    import daisy
+
+    try:
+        return daisy.run_blockwise([task], progress=settings.progress, return_states=True, summary=False)
+    except RuntimeError as e:
+        if "different task layout" not in str(e):
+            raise
+        # tracking from another block layout describes other blocks: start over
+        logger.warning("%s: block tracking from another layout; starting over", name)
+        shutil.rmtree(tracking, ignore_errors=True)
+        return daisy.run_blockwise([task], progress=settings.progress, return_states=True, summary=False)
+
+
 def run_blocks(stage: BlockwiseStage, settings: RunSettings) -> dict:
     """Every block of `stage` not done yet, with daisy; raises BlockwiseError on failures."""
     import daisy
@@ -245,7 +263,12 @@ def run_blocks(stage: BlockwiseStage, settings: RunSettings) -> dict:
         description_file = tracking_dir / "stage.json"
         description_file.write_text(description)
         worker = _LaunchedWorker(settings.launcher, description_file, bad_input, stage.name)
+        pool = None
+    elif settings.reuse_workers:
+        pool = worker_pool()
+        worker = pool.worker(description, str(bad_input))
     else:
+        pool = None
         worker = StageWorker(description, str(bad_input))
     task = daisy.Task(
         stage.name,
@@ -263,19 +286,16 @@ def run_blocks(stage: BlockwiseStage, settings: RunSettings) -> dict:
     )
     start = time.perf_counter()
     logger.info("%s: %s blocks of %s nm, %d worker(s)", stage.name, task.block_grid_shape, block_size, workers)
+    if pool is not None:
+        pool.reserve(workers)
     try:
-        try:
-            states = daisy.run_blockwise([task], progress=settings.progress, return_states=True, summary=False)
-        except RuntimeError as e:
-            if "different task layout" not in str(e):
-                raise
-            # tracking from another block layout describes other blocks: start over
-            logger.warning("%s: block tracking from another layout; starting over", stage.name)
-            shutil.rmtree(tracking, ignore_errors=True)
-            states = daisy.run_blockwise([task], progress=settings.progress, return_states=True, summary=False)
+        states = _run_task(task, stage.name, settings, tracking)
     except RuntimeError as e:  # daisy abandons a task whose workers keep dying
         _raise_bad_input(stage.name, bad_input)
         raise BlockwiseError(f"stage {stage.name!r} abandoned: {e}") from e
+    finally:
+        if pool is not None:
+            pool.release(workers)
     state = states[stage.name]
     skipped_empty = int(skip_mask.sum()) if skip_mask is not None else 0
     summary = {
