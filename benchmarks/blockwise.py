@@ -6,6 +6,7 @@ The volume is synthetic (neuron-like labels, blurred noisy affinities, 10 nm vox
 any size can be measured: 256^3 by default.
 
     python benchmarks/blockwise.py [--size 256] [--edges 10000000] [--mongodb-url URL] [--out FILE]
+        [--affinities CONTAINER.zarr --config NAME]   # real predictions instead of the synthetic volume
 
 Without --mongodb-url, nx-27017 (a MongoDB wire-protocol server) is started on a free
 loopback port; its rates are those of that stand-in, not of a real mongod.
@@ -30,10 +31,11 @@ from funlib.geometry import Roi
 from lsdflow.core.blockwise.runner import RunSettings
 from lsdflow.core.config import load_config
 from lsdflow.core.io.graphstore import Edges, open_graph_store
-from lsdflow.core.io.volumes import write_array
+from lsdflow.core.io.layout import PRED_AFFS
+from lsdflow.core.io.volumes import open_array, write_array
 from lsdflow.core.segment.blockwise import BlockwiseSegmentation, segment_blockwise
 from lsdflow.core.segment.find_segments import segment_luts
-from lsdflow.core.segment.watershed import quiet_stdout, scoring_function
+from lsdflow.core.segment.watershed import as_float_affinities, quiet_stdout, scoring_function
 from lsdflow.core.train.synthetic import synthetic_affinities, synthetic_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +65,21 @@ def start_nx27017() -> tuple[str, subprocess.Popen]:
     raise RuntimeError("nx-27017 did not start")
 
 
-def postprocessing(size: int, workdir: Path) -> dict:
-    shape = (size, size, size)
-    labels = synthetic_labels(shape, max(50, size**3 // 60**3), seed=0)
-    affs = synthetic_affinities(labels, noise=0.1, blur=1.0)
-    roi = Roi((0, 0, 0), tuple(10 * s for s in shape))
+def postprocessing(size: int, workdir: Path, affinities: Path | None = None, config_name: str = "gala") -> dict:
+    """Blockwise post-processing against one waterz call, on a synthetic volume of `size`³
+    or on the predicted affinities (volumes/pred_affs) of the container `affinities`."""
+    if affinities is None:
+        shape = (size, size, size)
+        labels = synthetic_labels(shape, max(50, size**3 // 60**3), seed=0)
+        affs = synthetic_affinities(labels, noise=0.1, blur=1.0)
+        roi, voxel_size = Roi((0, 0, 0), tuple(10 * s for s in shape)), (10, 10, 10)
+        stored = (affs * 255).round().astype(np.uint8)
+    else:
+        array = open_array(affinities, PRED_AFFS)
+        roi, voxel_size = array.roi, tuple(array.voxel_size)
+        stored = array[roi][:3]
+        affs = as_float_affinities(stored)  # what the stages see
+        shape = affs.shape[1:]
     voxels = int(np.prod(shape))
 
     began = time.perf_counter()
@@ -78,12 +90,13 @@ def postprocessing(size: int, workdir: Path) -> dict:
     t_waterz = time.perf_counter() - began
 
     source = workdir / "affs.zarr"
-    write_array(source, "volumes/pred_affs", roi, (10, 10, 10), (affs * 255).round().astype(np.uint8))
-    rows = {"voxels": voxels, "waterz_seconds": t_waterz, "waterz_mvox_s": voxels / t_waterz / 1e6, "workers": {}}
+    write_array(source, PRED_AFFS, roi, voxel_size, stored)
+    rows = {"voxels": voxels, "shape": list(shape), "source": str(affinities or "synthetic"), "config": config_name,
+            "waterz_seconds": t_waterz, "waterz_mvox_s": voxels / t_waterz / 1e6, "workers": {}}
     for workers in (1, 2):
         container = workdir / f"w{workers}.zarr"
         shutil.copytree(source, container)
-        config = load_config("gala")
+        config = load_config(config_name)
         began = time.perf_counter()
         result = segment_blockwise(config, container, thresholds=THRESHOLDS,
                                    settings=RunSettings(workers=workers, progress=False))
@@ -100,7 +113,7 @@ def postprocessing(size: int, workdir: Path) -> dict:
             "relabel_seconds": stages["relabel"]["seconds"],
         }
     # a threshold chosen later: relabelling one costs what one threshold costs
-    job = BlockwiseSegmentation(load_config("gala"), workdir / "w2.zarr", settings=RunSettings(workers=2, progress=False))
+    job = BlockwiseSegmentation(load_config(config_name), workdir / "w2.zarr", settings=RunSettings(workers=2, progress=False))
     job.find_segments([EXTRA_THRESHOLD])
     began = time.perf_counter()
     job.relabel([EXTRA_THRESHOLD])
@@ -159,12 +172,16 @@ def main() -> None:
     parser.add_argument("--store-edges", type=int, default=1_000_000, help="edges for the SQLite rate")
     parser.add_argument("--mongo-edges", type=int, default=100_000, help="edges for the MongoDB rate")
     parser.add_argument("--mongodb-url", help="a MongoDB server (default: nx-27017 on a free port)")
+    parser.add_argument("--affinities", type=Path,
+                        help="a Zarr container whose volumes/pred_affs (real predictions) replace the synthetic volume")
+    parser.add_argument("--config", default="gala", help="the config whose segmentation settings and blocks are used")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "blockwise.json")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="lsdflow-bench-"))
     try:
-        post = postprocessing(args.size, workdir)
-        print(f"post-processing of {post['voxels'] / 1e6:.1f} Mvox ({args.size}^3 synthetic, 8 thresholds, hist_quant_50)")
+        post = postprocessing(args.size, workdir, args.affinities, args.config)
+        what = f"{args.size}^3 synthetic" if args.affinities is None else f"{tuple(post['shape'])} of {args.affinities}"
+        print(f"post-processing of {post['voxels'] / 1e6:.1f} Mvox ({what}, 8 thresholds, hist_quant_50)")
         print(f"{'':28s} {'fragments':>10s} {'agglom.':>8s} {'relabel':>8s} {'total':>8s} {'vs waterz':>10s}   (Mvox/s)")
         for workers, row in post["workers"].items():
             print(f"{f'blockwise, {workers} worker(s)':28s} {row['fragments_mvox_s']:10.2f} {row['agglomerate_mvox_s']:8.2f} "
