@@ -35,11 +35,12 @@ import psutil
 from funlib.geometry import Roi
 
 from lsdflow.core.blockwise.runner import RunSettings
-from lsdflow.core.predict.blockwise import predict_blockwise
-from lsdflow.core.segment.blockwise import BlockwiseSegmentation
+from lsdflow.core.blockwise.worker_pool import close_worker_pool
 from lsdflow.core.config import load_config
 from lsdflow.core.io.ome_zarr_export import export_ome_zarr
 from lsdflow.core.io.volumes import open_array, write_array
+from lsdflow.core.predict.blockwise import predict_blockwise
+from lsdflow.core.segment.blockwise import BlockwiseSegmentation
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("predict", "fragments", "agglomerate", "find_segments", "relabel", "export")
@@ -128,6 +129,7 @@ def run_size(edge: int, config, settings: RunSettings, workdir: Path) -> dict:
         export_ome_zarr(container, exported, fragments=True, predictions=True, settings=settings)
     shutil.rmtree(exported, ignore_errors=True)
     shutil.rmtree(container, ignore_errors=True)
+    close_worker_pool()  # each size as its own lsdflow run: no pooled process carried over
     return row
 
 

@@ -264,7 +264,7 @@ def run_blocks(stage: BlockwiseStage, settings: RunSettings) -> dict:
         description_file.write_text(description)
         worker = _LaunchedWorker(settings.launcher, description_file, bad_input, stage.name)
         pool = None
-    elif settings.reuse_workers:
+    elif settings.reuse_workers and stage.pooled_workers:
         pool = worker_pool()
         worker = pool.worker(description, str(bad_input))
     else:

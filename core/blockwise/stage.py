@@ -42,6 +42,10 @@ class BlockwiseStage(BaseModel):
     lock: ClassVar[str | None] = None
     # outputs made one by one (a relabel's thresholds): a missing one is made alone
     independent_outputs: ClassVar[bool] = False
+    # local workers may run in processes kept between stages (worker_pool.py); a stage whose
+    # workers hold much after they end (a model framework) says no, so that the pooled
+    # processes stay small for the stages after it
+    pooled_workers: ClassVar[bool] = True
 
     container: str  # the volume's Zarr container (absolute)
     # output name -> the dataset the running stage writes (its partial), set by the runner

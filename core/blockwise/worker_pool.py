@@ -136,6 +136,7 @@ class WorkerPool:
         self._capacity = 0  # workers of the stages running now
         self._started = 0  # processes started and not known to be gone
         self._closed = False
+        self._popens: list[subprocess.Popen] = []
         threading.Thread(target=self._accept, name="lsdflow-worker-pool", daemon=True).start()
 
     def reserve(self, workers: int) -> None:
@@ -162,6 +163,8 @@ class WorkerPool:
         )
         process.stdin.write(pickle.dumps((self.address, self.authkey)))  # a pipe: never on a command line
         process.stdin.close()
+        with self._lock:
+            self._popens = [p for p in self._popens if p.poll() is None] + [process]
 
     def _gone(self) -> None:
         with self._lock:
@@ -211,14 +214,20 @@ class WorkerPool:
                 break
             relay.send(reply)
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 10.0) -> None:
+        """Free processes see EOF and exit (waited for up to `wait_s`, then killed)."""
         self._closed = True
         self._listener.close()
         while True:
             try:
-                self._idle.get_nowait().close()  # the process sees EOF and exits
+                self._idle.get_nowait().close()
             except queue.Empty:
-                return
+                break
+        for process in self._popens:
+            try:
+                process.wait(timeout=wait_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 _POOL: WorkerPool | None = None
@@ -233,6 +242,16 @@ def worker_pool() -> WorkerPool:
             _POOL = WorkerPool()
             atexit.register(_POOL.close)
         return _POOL
+
+
+def close_worker_pool() -> None:
+    """End this driver's pooled processes now (between runs that must not share them, as
+    a benchmark measuring each run's memory); the next stage starts a new pool."""
+    global _POOL
+    with _POOL_LOCK:
+        pool, _POOL = _POOL, None
+    if pool is not None:
+        pool.close()
 
 
 if __name__ == "__main__":

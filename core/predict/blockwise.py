@@ -54,6 +54,9 @@ class PredictStage(BlockwiseStage):
 
     name: ClassVar[str] = "predict"
     lock: ClassVar[str] = "predict"  # one writer of the predictions at a time
+    # torch and a model's allocations would stay in a pooled process (0.6 GB each); its
+    # import is small next to loading the model and predicting blocks
+    pooled_workers: ClassVar[bool] = False
 
     raw_dataset: str
     model_file: str
