@@ -18,6 +18,8 @@ DEFERRED = {
     ("cli/platform_commands.py", "flows.watch_acquisitions"): "Prefect takes seconds to import",
     ("cli/platform_commands.py", "flows.segment"): "Prefect takes seconds to import",
     ("cli/platform_commands.py", "deployments.serve"): "Prefect takes seconds to import",
+    ("core/blockwise/worker_pool.py", "core.blockwise.runner"):
+        "the relay daisy spawns imports this module and must stay light; runner imports the pool",
 }
 
 
