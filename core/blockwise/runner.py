@@ -259,16 +259,15 @@ def run_blocks(stage: BlockwiseStage, settings: RunSettings) -> dict:
     bad_input = tracking_dir / "bad_input.txt"
     bad_input.unlink(missing_ok=True)
     description = stage.describe()
+    pool = None
     if settings.launcher:
         description_file = tracking_dir / "stage.json"
         description_file.write_text(description)
         worker = _LaunchedWorker(settings.launcher, description_file, bad_input, stage.name)
-        pool = None
     elif settings.reuse_workers and stage.pooled_workers:
         pool = worker_pool()
         worker = pool.worker(description, str(bad_input))
     else:
-        pool = None
         worker = StageWorker(description, str(bad_input))
     task = daisy.Task(
         stage.name,
